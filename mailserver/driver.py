@@ -1,0 +1,123 @@
+"""The thin Twisted protocol that moves bytes between a transport and a session.
+
+It owns what a state machine must not: the transport, TLS, the idle timer, and the
+pause while an effect (a password check, a durable delivery) is pending. Because the
+session is asked for its next action only after the previous effect finished, pipelined
+commands are answered strictly in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from mailserver.session import Close, Effect, Send, Session, StartTLS
+
+EffectRunner = Callable[[Effect], Any]
+
+# Stop reading from a client that keeps sending while its session is busy.
+PAUSE_ABOVE = 1 << 20
+
+
+class SessionProtocol(Protocol, TimeoutMixin):
+    """Drive one session over one connection."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        session: Session,
+        run_effect: EffectRunner,
+        idle_timeout: float | None,
+        tls_context: Any = None,
+    ) -> None:
+        self.session = session
+        self.run_effect = run_effect
+        self.idle_timeout = idle_timeout
+        self.tls_context = tls_context
+        self._pending = False
+        self._paused = False
+        self._closing = False
+
+    # Twisted callbacks -------------------------------------------------------------
+    def connectionMade(self) -> None:
+        self.setTimeout(self.idle_timeout)
+        self._pump()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        self.session.receive_data(data)
+        self._pump()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.setTimeout(None)
+        self._closing = True
+        self.session.connection_lost()
+
+    def timeoutConnection(self) -> None:
+        if self._closing:
+            return
+        self.transport.write(self.session.timed_out())
+        self._close()
+
+    # The pump -----------------------------------------------------------------------
+    def _pump(self) -> None:
+        while not self._pending and not self._closing:
+            action = self.session.next_action()
+            if action is None:
+                break
+            if isinstance(action, Send):
+                self.transport.write(action.data)
+            elif isinstance(action, Close):
+                self._close()
+            elif isinstance(action, StartTLS):
+                self._start_tls()
+            else:
+                self._run(action)
+        self._flow_control()
+
+    def _run(self, effect: Effect) -> None:
+        self._pending = True
+        d = defer.maybeDeferred(self.run_effect, effect)
+        d.addBoth(self._effect_done)
+
+    def _effect_done(self, result: Any) -> None:
+        self._pending = False
+        if self._closing:
+            return None
+        if isinstance(result, Failure) and not result.check(Exception):
+            return None
+        self.session.resume(result)
+        self._pump()
+        return None
+
+    def _flow_control(self) -> None:
+        if self._closing:
+            return
+        busy = self._pending and self.session.buffered() > PAUSE_ABOVE
+        if busy and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        elif not busy and self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _start_tls(self) -> None:
+        if self.tls_context is None or not ITLSTransport.providedBy(self.transport):
+            self._close()
+            return
+        self.transport.startTLS(self.tls_context)
+
+    def _close(self) -> None:
+        self._closing = True
+        self.setTimeout(None)
+        self.transport.loseConnection()

@@ -1,0 +1,1 @@
+"""The Maildir++ store: the one source of truth every protocol reads and writes."""

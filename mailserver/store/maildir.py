@@ -1,0 +1,573 @@
+"""Maildir++ folders as Dovecot lays them out.
+
+``<root>/<domain>/<user>/`` is INBOX with ``tmp/ new/ cur/``; folder ``Sent`` is the
+sub-directory ``.Sent`` (hierarchy separator ``.``), each with a ``maildirfolder`` file;
+``subscriptions`` lists subscribed folders. Flags live in the ``:2,`` suffix of the file
+name (S seen, R answered, F flagged, T deleted, D draft; keywords are the letters a-z,
+numbered in ``dovecot-keywords``). Messages are stored as received, with CRLF line ends.
+
+Disk writes that need an fsync run in threads; everything else here runs on the reactor
+thread, which owns the in-memory index of each open folder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from twisted.internet import defer, threads
+
+from mailserver.names import BadName, check_folder_name, split_address
+from mailserver.store import uidlist
+from mailserver.store.bus import Appended, ChangeBus, Expunged, FlagsChanged
+from mailserver.store.durable import DirectorySyncer, fsync_dir, write_synced
+
+SYSTEM_FLAG_LETTERS = {
+    "\\Draft": "D",
+    "\\Flagged": "F",
+    "\\Answered": "R",
+    "\\Seen": "S",
+    "\\Deleted": "T",
+}
+LETTER_FLAGS = {v: k for k, v in SYSTEM_FLAG_LETTERS.items()}
+KEYWORDS_FILE = "dovecot-keywords"
+MAX_KEYWORDS = 26  # Maildir keeps keywords as the letters a-z
+DEFAULT_FOLDERS = ("Drafts", "Sent", "Trash", "Junk", "Archive")
+
+
+@dataclass(slots=True)
+class MessageInfo:
+    """What the index knows of one message without opening its file."""
+
+    uid: int
+    base: str
+    subdir: str  # "new" or "cur"
+    flags: frozenset[str]
+    size: int  # octets as served (CRLF line ends): IMAP RFC822.SIZE, POP3 LIST
+    internal_date: float
+    crlf: bool  # False for files written by other tools with bare LF line ends
+
+
+class NoSuchFolder(Exception):
+    pass
+
+
+class FolderExists(Exception):
+    pass
+
+
+class QuotaExceeded(Exception):
+    pass
+
+
+_counter = itertools.count(1)
+
+
+def unique_base(hostname: str) -> str:
+    """A Maildir base name unique across processes, restarts and hosts (maildir(5))."""
+    now = time.time()
+    sec = int(now)
+    usec = int((now - sec) * 1_000_000)
+    host = hostname.replace("/", "\\057").replace(":", "\\072")
+    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(4)}.{host}"
+
+
+def parse_filename(filename: str) -> tuple[str, str]:
+    """Split a Maildir file name into (base, info), info being what follows ``:2,``."""
+    base, sep, info = filename.partition(":2,")
+    if not sep:
+        base = filename.partition(":")[0]
+    return base, info
+
+
+def _base_fields(base: str) -> dict[str, int]:
+    fields = {}
+    for field in base.split(",")[1:]:
+        key, sep, value = field.partition("=")
+        if sep and value.isdigit():
+            fields[key] = int(value)
+    return fields
+
+
+def crlf_from_base(base: str) -> bool | None:
+    """From Dovecot's ``,S=<file size>,W=<CRLF size>``: does the file have CRLF line ends?"""
+    fields = _base_fields(base)
+    if "S" in fields and "W" in fields:
+        return fields["S"] == fields["W"]
+    return None
+
+
+def read_message_file(path: str, crlf: bool) -> bytes:
+    """Read a message file; one written with bare LF line ends is served with CRLF."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not crlf:
+        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return data
+
+
+def _served_size(path: str) -> tuple[int, bool]:
+    """Size as served and whether the file already has CRLF line ends."""
+    with open(path, "rb") as f:
+        data = f.read()
+    bare = data.count(b"\n") - data.count(b"\r\n")
+    return len(data) + bare, bare == 0
+
+
+class Keywords:
+    """The folder's keyword ↔ letter table, stored as Dovecot's ``dovecot-keywords``."""
+
+    def __init__(self, folder_path: str) -> None:
+        self.path = os.path.join(folder_path, KEYWORDS_FILE)
+        self.names: list[str] = []
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                for line in f:
+                    index, _, name = line.strip().partition(" ")
+                    if index.isdigit() and name and int(index) < MAX_KEYWORDS:
+                        while len(self.names) <= int(index):
+                            self.names.append("")
+                        self.names[int(index)] = name
+        except FileNotFoundError:
+            pass
+
+    def letter(self, keyword: str) -> str | None:
+        """The letter for a keyword, adding it to the table if there is room."""
+        for i, name in enumerate(self.names):
+            if name.lower() == keyword.lower():
+                return chr(ord("a") + i)
+        if len(self.names) >= MAX_KEYWORDS:
+            return None
+        self.names.append(keyword)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(f"{i} {n}\n" for i, n in enumerate(self.names) if n)
+        os.replace(tmp, self.path)
+        return chr(ord("a") + len(self.names) - 1)
+
+    def keyword(self, letter: str) -> str | None:
+        i = ord(letter) - ord("a")
+        if 0 <= i < len(self.names) and self.names[i]:
+            return self.names[i]
+        return None
+
+
+class Folder:
+    """The open index of one Maildir folder, shared by every session that uses it."""
+
+    def __init__(self, store: MaildirStore, owner: str, name: str, path: str) -> None:
+        self.store = store
+        self.owner = owner
+        self.name = name
+        self.path = path
+        self.keywords = Keywords(path)
+        self.messages: list[MessageInfo] = []
+        self._by_uid: dict[int, MessageInfo] = {}
+        self._by_base: dict[str, MessageInfo] = {}
+        self._uidlist = uidlist.UidList.fresh()
+        self._dir_stamp: tuple[int, int] = (0, 0)
+        self.scan()
+
+    # Identity and counters ---------------------------------------------------------
+    @property
+    def key(self) -> str:
+        """The change-bus key of this folder."""
+        return self.path
+
+    @property
+    def uidvalidity(self) -> int:
+        return self._uidlist.uidvalidity
+
+    @property
+    def uidnext(self) -> int:
+        return self._uidlist.uidnext
+
+    def by_uid(self, uid: int) -> MessageInfo | None:
+        return self._by_uid.get(uid)
+
+    def total_size(self) -> int:
+        return sum(m.size for m in self.messages)
+
+    # Scanning ------------------------------------------------------------------------
+    def _stamp(self) -> tuple[int, int]:
+        return (
+            os.stat(os.path.join(self.path, "new")).st_mtime_ns,
+            os.stat(os.path.join(self.path, "cur")).st_mtime_ns,
+        )
+
+    def refresh(self) -> None:
+        """Rescan if another program changed new/ or cur/ since we last looked."""
+        if self._stamp() != self._dir_stamp:
+            self.scan()
+
+    def scan(self) -> None:
+        """Read new/ and cur/, keep UIDs from the UID list, give new files new UIDs, and
+        announce files that appeared or disappeared behind our back."""
+        self._dir_stamp = self._stamp()
+        stored = uidlist.load(self.path)
+        if stored.uidvalidity != self._uidlist.uidvalidity and self.messages:
+            # The list was lost or replaced under us: keep ours, it is newer.
+            stored = self._uidlist
+        found: dict[str, tuple[str, str]] = {}
+        for subdir in ("new", "cur"):
+            for filename in os.listdir(os.path.join(self.path, subdir)):
+                if filename.startswith("."):
+                    continue
+                base, info = parse_filename(filename)
+                found[base] = (subdir, info)
+        appended: list[uidlist.UidRecord] = []
+        unknown = sorted(base for base in found if base not in stored.records)
+        for base in unknown:
+            subdir, info = found[base]
+            path = os.path.join(self.path, subdir, self._filename(base, subdir, info))
+            try:
+                size, _ = _served_size(path)
+                date = os.stat(path).st_mtime
+            except FileNotFoundError:
+                continue
+            record = uidlist.UidRecord(stored.uidnext, base, date, size)
+            stored.uidnext += 1
+            stored.records[base] = record
+            appended.append(record)
+        gone = [base for base in stored.records if base not in found]
+        for base in gone:
+            del stored.records[base]
+        self._uidlist = stored
+        if gone:
+            uidlist.rewrite(self.path, stored)
+        elif appended:
+            uidlist.append(self.path, stored, appended)
+        old_uids = set(self._by_uid)
+        self.messages = []
+        for record in sorted(stored.records.values(), key=lambda r: r.uid):
+            subdir, info = found[record.base]
+            crlf = crlf_from_base(record.base)
+            if crlf is None:
+                filename = self._filename(record.base, subdir, info)
+                crlf = self._known_crlf(record.base, os.path.join(self.path, subdir, filename))
+            self.messages.append(
+                MessageInfo(
+                    uid=record.uid,
+                    base=record.base,
+                    subdir=subdir,
+                    flags=self._flags_from_info(info),
+                    size=record.size,
+                    internal_date=record.internal_date,
+                    crlf=crlf,
+                )
+            )
+        self._by_uid = {m.uid: m for m in self.messages}
+        self._by_base = {m.base: m for m in self.messages}
+        bus = self.store.bus
+        for uid in sorted(old_uids - set(self._by_uid)):
+            bus.publish(Expunged(self.key, uid))
+        for uid in sorted(set(self._by_uid) - old_uids):
+            if old_uids or self.store.bus.listeners(self.key):
+                bus.publish(Appended(self.key, uid))
+
+    def _known_crlf(self, base: str, path: str) -> bool:
+        """Whether a file without a size in its name has CRLF line ends (read only once)."""
+        known = self._by_base.get(base)
+        if known is not None:
+            return known.crlf
+        try:
+            return _served_size(path)[1]
+        except FileNotFoundError:
+            return True
+
+    # Flags ---------------------------------------------------------------------------
+    def _flags_from_info(self, info: str) -> frozenset[str]:
+        flags = set()
+        for letter in info:
+            if letter in LETTER_FLAGS:
+                flags.add(LETTER_FLAGS[letter])
+            elif "a" <= letter <= "z":
+                keyword = self.keywords.keyword(letter)
+                if keyword:
+                    flags.add(keyword)
+        return frozenset(flags)
+
+    def _info_from_flags(self, flags: Iterable[str]) -> str:
+        letters = set()
+        for flag in flags:
+            if flag in SYSTEM_FLAG_LETTERS:
+                letters.add(SYSTEM_FLAG_LETTERS[flag])
+            elif not flag.startswith("\\"):
+                letter = self.keywords.letter(flag)
+                if letter:
+                    letters.add(letter)
+        return "".join(sorted(letters))
+
+    def _filename(self, base: str, subdir: str, info: str) -> str:
+        return base if subdir == "new" else f"{base}:2,{info}"
+
+    def file_path(self, message: MessageInfo) -> str:
+        info = self._info_from_flags(message.flags) if message.subdir == "cur" else ""
+        return os.path.join(
+            self.path, message.subdir, self._filename(message.base, message.subdir, info)
+        )
+
+    def set_flags(self, uid: int, flags: Iterable[str]) -> MessageInfo | None:
+        """Give a message exactly these flags (a rename into cur/); announce the change."""
+        message = self._by_uid.get(uid)
+        if message is None:
+            return None
+        new_flags = frozenset(f for f in flags if f != "\\Recent")
+        if new_flags == message.flags and message.subdir == "cur":
+            return message
+        old_path = self.file_path(message)
+        message.flags = frozenset(
+            f for f in new_flags if f in SYSTEM_FLAG_LETTERS or self.keywords.letter(f)
+        )
+        message.subdir = "cur"
+        try:
+            os.rename(old_path, self.file_path(message))
+        except FileNotFoundError:
+            self.scan()
+            return self._by_uid.get(uid)
+        self._dir_stamp = self._stamp()
+        self.store.bus.publish(FlagsChanged(self.key, uid, message.flags))
+        return message
+
+    def take_new(self) -> list[int]:
+        """Move messages from new/ to cur/ (a client has now seen them); their UIDs."""
+        moved = [m.uid for m in self.messages if m.subdir == "new"]
+        for uid in moved:
+            message = self._by_uid[uid]
+            old_path = self.file_path(message)
+            message.subdir = "cur"
+            try:
+                os.rename(old_path, self.file_path(message))
+            except FileNotFoundError:
+                message.subdir = "new"
+        if moved:
+            self._dir_stamp = self._stamp()
+        return moved
+
+    # Expunge -------------------------------------------------------------------------
+    def expunge(self, uids: Iterable[int]) -> list[int]:
+        """Remove these messages; announce each; return the UIDs removed."""
+        removed = []
+        for uid in sorted(set(uids)):
+            message = self._by_uid.pop(uid, None)
+            if message is None:
+                continue
+            try:
+                os.unlink(self.file_path(message))
+            except FileNotFoundError:
+                pass
+            del self._by_base[message.base]
+            self._uidlist.records.pop(message.base, None)
+            removed.append(uid)
+        if not removed:
+            return removed
+        gone = set(removed)
+        self.messages = [m for m in self.messages if m.uid not in gone]
+        uidlist.rewrite(self.path, self._uidlist)
+        self._dir_stamp = self._stamp()
+        for uid in removed:
+            self.store.bus.publish(Expunged(self.key, uid))
+        return removed
+
+    # Reading -------------------------------------------------------------------------
+    def read(self, uid: int) -> defer.Deferred[bytes]:
+        """The message's bytes (CRLF line ends), read in a thread."""
+        message = self._by_uid.get(uid)
+        if message is None:
+            return defer.fail(KeyError(uid))
+        path = self.file_path(message)
+
+        def retry_if_renamed(failure):  # type: ignore[no-untyped-def]
+            failure.trap(FileNotFoundError)
+            current = self._by_uid.get(uid)
+            if current is None or self.file_path(current) == path:
+                return failure
+            return threads.deferToThread(read_message_file, self.file_path(current), message.crlf)
+
+        d = threads.deferToThread(read_message_file, path, message.crlf)
+        d.addErrback(retry_if_renamed)
+        return d
+
+    # Delivery bookkeeping --------------------------------------------------------------
+    def adopt(self, base: str, subdir: str, flags: frozenset[str], size: int, date: float) -> int:
+        """Index a message that was just written into this folder; return its UID."""
+        known = self._by_base.get(base)
+        if known is not None:
+            return known.uid
+        uid = self._uidlist.uidnext
+        self._uidlist.uidnext += 1
+        record = uidlist.UidRecord(uid, base, date, size)
+        self._uidlist.records[base] = record
+        uidlist.append(self.path, self._uidlist, [record])
+        message = MessageInfo(uid, base, subdir, flags, size, date, True)
+        self.messages.append(message)
+        self._by_uid[uid] = message
+        self._by_base[base] = message
+        self._dir_stamp = self._stamp()
+        self.store.bus.publish(Appended(self.key, uid))
+        return uid
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The result of a durable write into a folder."""
+
+    folder: str
+    base: str
+    uid: int | None  # known when the folder is open (always for APPEND)
+
+
+class MaildirStore:
+    """All users' mailboxes under one root directory."""
+
+    def __init__(
+        self,
+        root: str,
+        bus: ChangeBus | None = None,
+        hostname: str | None = None,
+        quota_bytes: int = 0,
+    ) -> None:
+        self.root = os.path.abspath(root)
+        self.bus = bus if bus is not None else ChangeBus()
+        self.hostname = hostname or socket.gethostname()
+        self.quota_bytes = quota_bytes
+        self.syncer = DirectorySyncer()
+        self._open: dict[str, Folder] = {}
+
+    # Paths -----------------------------------------------------------------------------
+    def user_path(self, address: str) -> str:
+        local, domain = split_address(address)
+        if local.startswith("."):
+            raise BadName("local part may not start with a dot")
+        return os.path.join(self.root, domain, local)
+
+    def folder_path(self, address: str, name: str) -> str:
+        user = self.user_path(address)
+        if name.upper() == "INBOX":
+            return user
+        check_folder_name(name)
+        return os.path.join(user, "." + name)
+
+    def ensure_user(self, address: str) -> None:
+        """Create the user's INBOX and default folders if they do not exist yet."""
+        user = self.user_path(address)
+        if os.path.isdir(os.path.join(user, "cur")):
+            return
+        _make_maildir(user, folder=False)
+        for name in DEFAULT_FOLDERS:
+            _make_maildir(os.path.join(user, "." + name), folder=True)
+        with open(os.path.join(user, "subscriptions"), "w", encoding="utf-8") as f:
+            f.writelines(f"{name}\n" for name in DEFAULT_FOLDERS)
+
+    # Folders ---------------------------------------------------------------------------
+    def folder(self, address: str, name: str = "INBOX") -> Folder:
+        """The open folder (shared), loading it on first use; NoSuchFolder if absent."""
+        path = self.folder_path(address, name)
+        folder = self._open.get(path)
+        if folder is not None:
+            return folder
+        if not os.path.isdir(os.path.join(path, "cur")):
+            if name.upper() == "INBOX":
+                self.ensure_user(address)
+            else:
+                raise NoSuchFolder(name)
+        canonical = "INBOX" if name.upper() == "INBOX" else name
+        folder = Folder(self, address, canonical, path)
+        self._open[path] = folder
+        return folder
+
+    def list_folders(self, address: str) -> list[str]:
+        """INBOX and every Maildir++ folder of the user, by name."""
+        user = self.user_path(address)
+        names = ["INBOX"]
+        try:
+            entries = sorted(os.listdir(user))
+        except FileNotFoundError:
+            return names
+        for entry in entries:
+            if entry.startswith(".") and entry not in (".", ".."):
+                if os.path.isdir(os.path.join(user, entry, "cur")):
+                    names.append(entry[1:])
+        return names
+
+    def create_folder(self, address: str, name: str) -> None:
+        path = self.folder_path(address, name)
+        if name.upper() == "INBOX" or os.path.exists(path):
+            raise FolderExists(name)
+        self.ensure_user(address)
+        _make_maildir(path, folder=True)
+
+    # Delivery --------------------------------------------------------------------------
+    def deliver(
+        self,
+        address: str,
+        chunks: Sequence[bytes],
+        folder: str = "INBOX",
+        flags: Iterable[str] = (),
+        internal_date: float | None = None,
+    ) -> defer.Deferred[Stored]:
+        """Write a message durably into a folder; the Deferred fires once it is on disk.
+
+        The message is written to tmp/, fsynced, renamed into new/ (or cur/ when it has
+        flags) and the directory is fsynced, all in a thread; a crash at any point leaves
+        no partial file in new/ or cur/.
+        """
+        try:
+            path = self.folder_path(address, folder)
+            if folder.upper() == "INBOX":
+                self.ensure_user(address)
+            elif not os.path.isdir(os.path.join(path, "cur")):
+                raise NoSuchFolder(folder)
+        except Exception as e:
+            return defer.fail(e)
+        size = sum(len(c) for c in chunks)
+        if self.quota_bytes and self._usage(address) + size > self.quota_bytes:
+            return defer.fail(QuotaExceeded(address))
+        base = f"{unique_base(self.hostname)},S={size},W={size}"
+        flag_set = frozenset(flags)
+        open_folder = self._open.get(path)
+        info = open_folder._info_from_flags(flag_set) if open_folder else _plain_info(flag_set)
+        subdir = "cur" if flag_set else "new"
+        filename = f"{base}:2,{info}" if subdir == "cur" else base
+
+        def write() -> float:
+            tmp = os.path.join(path, "tmp", base)
+            write_synced(tmp, chunks)
+            if internal_date is not None:
+                os.utime(tmp, (internal_date, internal_date))
+            final = os.path.join(path, subdir, filename)
+            os.rename(tmp, final)
+            self.syncer.sync(os.path.join(path, subdir))
+            return os.stat(final).st_mtime
+
+        def written(date: float) -> Stored:
+            current = self._open.get(path)
+            uid = current.adopt(base, subdir, flag_set, size, date) if current else None
+            return Stored(folder, base, uid)
+
+        d = threads.deferToThread(write)
+        d.addCallback(written)
+        return d
+
+    def _usage(self, address: str) -> int:
+        """Bytes used by the user's INBOX (the folder the quota protects from floods)."""
+        return self.folder(address).total_size()
+
+
+def _plain_info(flags: frozenset[str]) -> str:
+    return "".join(sorted(SYSTEM_FLAG_LETTERS[f] for f in flags if f in SYSTEM_FLAG_LETTERS))
+
+
+def _make_maildir(path: str, folder: bool) -> None:
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+    if folder:
+        marker = os.path.join(path, "maildirfolder")
+        if not os.path.exists(marker):
+            open(marker, "wb").close()
+    fsync_dir(os.path.dirname(path.rstrip("/")) or ".")
