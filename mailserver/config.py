@@ -26,7 +26,6 @@ class ConfigError(Exception):
 class ServerConfig:
     hostname: str = "localhost"
     run_dir: str = "run"
-    trace: bool = False
 
 
 @dataclass(frozen=True)

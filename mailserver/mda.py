@@ -1,0 +1,57 @@
+"""Local delivery: expand recipients to mailboxes and store one durable copy in each."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mailserver.accounts import Directory
+from mailserver.store.maildir import MaildirStore, Stored
+
+log = Logger()
+
+
+class MDA:
+    def __init__(self, store: MaildirStore, directory: Directory) -> None:
+        self.store = store
+        self.directory = directory
+
+    def mailboxes(self, recipients: Sequence[str]) -> list[str]:
+        """Each mailbox the recipients deliver to, once (aliases and subaddresses resolved)."""
+        found: list[str] = []
+        for recipient in recipients:
+            for mailbox in self.directory.resolve(recipient) or ():
+                if mailbox not in found:
+                    found.append(mailbox)
+        return found
+
+    def deliver(
+        self, mail_from: str, recipients: Sequence[str], chunks: Sequence[bytes], session_id: str
+    ) -> defer.Deferred[list[Stored]]:
+        """Store the message in every recipient's INBOX; fires when all copies are durable.
+
+        RFC 5321 §4.4: the delivering server adds ``Return-Path`` with the envelope sender.
+        """
+        return_path = f"Return-Path: <{mail_from}>\r\n".encode("ascii", "replace")
+        message = (return_path, *chunks)
+        copies = []
+        for mailbox in self.mailboxes(recipients):
+            d = self.store.deliver(mailbox, message)
+            d.addCallback(self._delivered, mailbox, session_id)
+            copies.append(d)
+        if not copies:
+            return defer.fail(LookupError("no local mailbox for " + ", ".join(recipients)))
+        gathered = defer.gatherResults(copies, consumeErrors=True)
+        gathered.addErrback(lambda f: f.value.subFailure)
+        return gathered
+
+    def _delivered(self, stored: Stored, mailbox: str, session_id: str) -> Stored:
+        log.info(
+            "MDA delivered session={session} to={mailbox} file={base}",
+            session=session_id,
+            mailbox=mailbox,
+            base=stored.base,
+        )
+        return stored

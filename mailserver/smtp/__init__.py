@@ -1,0 +1,1 @@
+"""SMTP: the server session (MTA and MSA roles) and its Twisted glue."""

@@ -1,0 +1,448 @@
+"""The SMTP server session (RFC 5321) as a state machine without I/O.
+
+Bytes go in with ``receive_data``; ``next_action`` hands out replies to send and the
+effects the session needs done (checking a recipient, delivering a message). The driver
+asks for the next action only after an effect has been resumed, so pipelined commands
+(RFC 2920) are answered strictly in order.
+
+What the session enforces itself, with the RFC beside each rule: line lengths, the
+command sequence, the SIZE and recipient limits, the end of DATA as CRLF.CRLF only, and
+no bare CR or LF inside DATA (the SMTP smuggling defence).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.python.failure import Failure
+
+from mailserver.session import Action, Close, Effect, Send
+from mailserver.smtp.address import DOMAIN_RE, Path, PathError, parse_path, parse_postmaster
+from mailserver.smtp.reply import OK, Reply
+
+
+@dataclass(frozen=True)
+class SMTPLimits:
+    max_command_line: int = 512
+    max_text_line: int = 1000
+    max_message_size: int = 32 * 1024 * 1024
+    max_recipients: int = 100
+    max_errors: int = 10
+
+
+@dataclass
+class Envelope:
+    """What the transaction knows besides the message: who, to whom, from where."""
+
+    mail_from: str
+    rcpt_to: list[str] = field(default_factory=list)
+    params: dict[str, str | None] = field(default_factory=dict)
+    helo: str = ""
+    peer: str = ""
+    session_id: str = ""
+
+
+@dataclass(frozen=True)
+class CheckRecipient(Effect):
+    """May this recipient receive the message? The result is a Reply (2xx: accepted)."""
+
+    envelope: Envelope
+    address: str
+
+
+@dataclass(frozen=True)
+class DeliverMessage(Effect):
+    """Store (or queue) the message durably; the result is the Reply to the DATA."""
+
+    envelope: Envelope
+    chunks: tuple[bytes, ...]
+
+
+_DATA_END = b"."
+
+
+class SMTPSession:
+    """One SMTP conversation, from greeting to QUIT."""
+
+    def __init__(
+        self,
+        hostname: str,
+        peer: str,
+        session_id: str,
+        limits: SMTPLimits,
+        postmaster: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.hostname = hostname
+        self.postmaster = postmaster
+        self.peer = peer
+        self.session_id = session_id
+        self.limits = limits
+        self.clock = clock
+        self._in = bytearray()
+        self._out: deque[Action] = deque()
+        self._waiting: Effect | None = None
+        self._closed = False
+        self._discarding = False  # skipping the rest of an over-long command line
+        self._errors = 0
+        self.helo: str | None = None
+        self.esmtp = False
+        self.envelope: Envelope | None = None
+        self._data: _DataReader | None = None
+        # RFC 5321 §3.1: the greeting.
+        self._reply(Reply(220, "", f"{hostname} ESMTP mailserver ready"))
+
+    # Session protocol ------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        if not self._closed:
+            self._in += data
+
+    def buffered(self) -> int:
+        return len(self._in)
+
+    def next_action(self) -> Action | None:
+        while not self._out and not self._closed and self._waiting is None:
+            if not self._step():
+                break
+        if self._out:
+            return self._out.popleft()
+        return None
+
+    def resume(self, result: Any) -> None:
+        effect, self._waiting = self._waiting, None
+        if isinstance(result, Failure):
+            reply = Reply(451, "4.3.0", "Local error in processing, try again later")
+        else:
+            reply = result
+        if isinstance(effect, CheckRecipient):
+            if reply.positive and self.envelope is not None:
+                self.envelope.rcpt_to.append(effect.address)
+            self._reply(reply)
+        elif isinstance(effect, DeliverMessage):
+            self._reply(reply)
+            self.envelope = None
+
+    def timed_out(self) -> bytes:
+        # RFC 5321 §4.5.3.2: the server may close after its timeout, saying 421.
+        return Reply(421, "4.4.2", f"{self.hostname} Timeout, closing connection").encode()
+
+    def connection_lost(self) -> None:
+        self._closed = True
+
+    # Input -------------------------------------------------------------------------------
+    def _step(self) -> bool:
+        """Handle one unit of input; False when more input is needed."""
+        if self._data is not None:
+            return self._step_data()
+        end = self._in.find(b"\n")
+        if end < 0:
+            if len(self._in) > self.limits.max_command_line:
+                # RFC 5321 §4.5.3.1.4: a command line is at most 512 octets.
+                del self._in[:]
+                if not self._discarding:
+                    self._discarding = True
+                    self._error(Reply(500, "5.5.2", "Line too long"))
+            return False
+        line = bytes(self._in[:end])
+        del self._in[: end + 1]
+        if self._discarding:
+            self._discarding = False
+            return True
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) + 2 > self.limits.max_command_line:
+            self._error(Reply(500, "5.5.2", "Line too long"))
+            return True
+        self._command(line)
+        return True
+
+    def _command(self, line: bytes) -> None:
+        try:
+            text = line.decode("ascii")
+        except UnicodeDecodeError:
+            self._error(Reply(500, "5.5.2", "Command contains non-ASCII characters"))
+            return
+        verb, _, argument = text.partition(" ")
+        handler = getattr(self, f"_do_{verb.upper()}", None) if verb.isalpha() else None
+        if handler is None:
+            self._error(Reply(500, "5.5.2", "Command not recognized"))
+            return
+        handler(argument)
+
+    # Output ------------------------------------------------------------------------------
+    def _reply(self, reply: Reply) -> None:
+        self._out.append(Send(reply.encode()))
+
+    def _error(self, reply: Reply) -> None:
+        self._errors += 1
+        if self._errors > self.limits.max_errors:
+            self._reply(Reply(421, "4.7.0", "Too many errors, closing connection"))
+            self._close()
+            return
+        self._reply(reply)
+
+    def _close(self) -> None:
+        self._out.append(Close())
+        self._closed = True
+        del self._in[:]
+
+    def _effect(self, effect: Effect) -> None:
+        self._waiting = effect
+        self._out.append(effect)
+
+    # Commands (RFC 5321 §4.1.1) ---------------------------------------------------------
+    def _do_EHLO(self, argument: str) -> None:
+        if not self._check_helo_argument(argument):
+            return
+        self.helo, self.esmtp, self.envelope = argument, True, None
+        self._reply(Reply(250, "", (f"{self.hostname} greets {argument}", *self.extensions())))
+
+    def _do_HELO(self, argument: str) -> None:
+        if not self._check_helo_argument(argument):
+            return
+        self.helo, self.esmtp, self.envelope = argument, False, None
+        self._reply(Reply(250, "", self.hostname))
+
+    def extensions(self) -> list[str]:
+        """The EHLO keywords (RFC 5321 §4.1.1.1), each one implemented by this session."""
+        return [
+            "PIPELINING",  # RFC 2920
+            f"SIZE {self.limits.max_message_size}",  # RFC 1870
+            "8BITMIME",  # RFC 6152
+            "ENHANCEDSTATUSCODES",  # RFC 2034
+            "HELP",
+        ]
+
+    def _check_helo_argument(self, argument: str) -> bool:
+        if not argument or not DOMAIN_RE.match(argument):
+            self._error(Reply(501, "5.5.4", "Syntax: EHLO domain (RFC 5321 §4.1.1.1)"))
+            return False
+        return True
+
+    def _do_MAIL(self, argument: str) -> None:
+        if self.helo is None:
+            self._error(Reply(503, "5.5.1", "Send EHLO or HELO first"))
+            return
+        if self.envelope is not None:
+            self._error(Reply(503, "5.5.1", "Sender already specified"))
+            return
+        if argument[:5].upper() != "FROM:":
+            self._error(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
+            return
+        try:
+            path = parse_path(argument[5:], allow_null=True)
+        except PathError as e:
+            self._error(Reply(501, "5.1.7", f"Bad sender address: {e}"))
+            return
+        reply = self._check_mail_params(path.params)
+        if reply is not None:
+            self._error(reply)
+            return
+        self.envelope = Envelope(
+            mail_from=path.address,
+            params=path.params,
+            helo=self.helo,
+            peer=self.peer,
+            session_id=self.session_id,
+        )
+        self._reply(Reply(250, "2.1.0", "Sender OK"))
+
+    def _check_mail_params(self, params: dict[str, str | None]) -> Reply | None:
+        if params and not self.esmtp:
+            # RFC 5321 §4.1.1.2: parameters need the client to have used EHLO.
+            return Reply(555, "5.5.4", "MAIL parameters need EHLO")
+        for keyword, value in params.items():
+            if keyword == "SIZE":
+                # RFC 1870 §6: refuse at once what will not fit.
+                if value is None or not value.isdigit():
+                    return Reply(501, "5.5.4", "Syntax: SIZE=<octets>")
+                if int(value) > self.limits.max_message_size:
+                    return Reply(552, "5.3.4", "Message size exceeds fixed maximum")
+            elif keyword == "BODY":
+                # RFC 6152 §2
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    return Reply(501, "5.5.4", "Syntax: BODY=7BIT or BODY=8BITMIME")
+            else:
+                return Reply(555, "5.5.4", f"Unsupported parameter {keyword}")
+        return None
+
+    def _do_RCPT(self, argument: str) -> None:
+        if self.envelope is None:
+            self._error(Reply(503, "5.5.1", "Need MAIL before RCPT"))
+            return
+        if argument[:3].upper() != "TO:":
+            self._error(Reply(501, "5.5.4", "Syntax: RCPT TO:<address>"))
+            return
+        try:
+            if parse_postmaster(argument[3:]) is not None:
+                # RFC 5321 §4.5.1: <Postmaster> without a domain must be accepted.
+                path = Path(self.postmaster, {})
+            else:
+                path = parse_path(argument[3:], allow_null=False)
+        except PathError as e:
+            self._error(Reply(501, "5.1.3", f"Bad recipient address: {e}"))
+            return
+        if path.params:
+            self._error(Reply(555, "5.5.4", "RCPT parameters are not supported"))
+            return
+        if len(self.envelope.rcpt_to) >= self.limits.max_recipients:
+            # RFC 5321 §4.5.3.1.10: 452 for too many recipients.
+            self._reply(Reply(452, "4.5.3", "Too many recipients"))
+            return
+        self._effect(CheckRecipient(self.envelope, path.address))
+
+    def _do_DATA(self, argument: str) -> None:
+        if argument:
+            self._error(Reply(501, "5.5.4", "Syntax: DATA"))
+            return
+        if self.envelope is None:
+            self._error(Reply(503, "5.5.1", "Need MAIL before DATA"))
+            return
+        if not self.envelope.rcpt_to:
+            # RFC 2920 §3.1: DATA after all RCPTs failed gets 554 (no valid recipients).
+            self._error(Reply(554, "5.5.1", "No valid recipients"))
+            return
+        self._data = _DataReader(self.limits)
+        self._reply(Reply(354, "", "End data with <CR><LF>.<CR><LF>"))
+
+    def _do_RSET(self, argument: str) -> None:
+        if argument:
+            self._error(Reply(501, "5.5.4", "Syntax: RSET"))
+            return
+        self.envelope = None
+        self._reply(OK)
+
+    def _do_NOOP(self, argument: str) -> None:
+        self._reply(OK)
+
+    def _do_VRFY(self, argument: str) -> None:
+        if not argument:
+            self._error(Reply(501, "5.5.4", "Syntax: VRFY <address>"))
+            return
+        # RFC 5321 §3.5.3: 252 when we will not confirm an address.
+        self._reply(Reply(252, "2.5.0", "Cannot VRFY user, but will accept message"))
+
+    def _do_EXPN(self, argument: str) -> None:
+        # RFC 5321 §3.5.2: a server may refuse to expand lists.
+        self._error(Reply(502, "5.5.1", "EXPN not available"))
+
+    def _do_HELP(self, argument: str) -> None:
+        self._reply(
+            Reply(
+                214,
+                "2.0.0",
+                (
+                    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+                    "See RFC 5321 (https://www.rfc-editor.org/rfc/rfc5321)",
+                ),
+            )
+        )
+
+    def _do_QUIT(self, argument: str) -> None:
+        self._reply(Reply(221, "2.0.0", f"{self.hostname} closing connection"))
+        self._close()
+
+    # DATA --------------------------------------------------------------------------------
+    def _step_data(self) -> bool:
+        assert self._data is not None
+        consumed, done = self._data.feed(self._in)
+        del self._in[:consumed]
+        if not done:
+            return False
+        reader, self._data = self._data, None
+        assert self.envelope is not None
+        problem = reader.problem()
+        if problem is not None:
+            self.envelope = None
+            self._reply(problem)
+            return True
+        trace = self._received_header(self.envelope)
+        self._effect(DeliverMessage(self.envelope, (trace, *reader.chunks)))
+        return True
+
+    def _received_header(self, envelope: Envelope) -> bytes:
+        """RFC 5321 §4.4: the trace line this server adds."""
+        protocol = "ESMTP" if self.esmtp else "SMTP"
+        recipient = f"\r\n\tfor <{envelope.rcpt_to[0]}>" if len(envelope.rcpt_to) == 1 else ""
+        date = email.utils.formatdate(self.clock(), localtime=True)
+        return (
+            f"Received: from {envelope.helo} ([{self.peer}])\r\n"
+            f"\tby {self.hostname} (mailserver) with {protocol} id {self.session_id}"
+            f"{recipient};\r\n\t{date}\r\n"
+        ).encode("ascii", "replace")
+
+
+class _DataReader:
+    """Reads the message after DATA up to the CRLF.CRLF that ends it (RFC 5321 §4.1.1.4).
+
+    Only a line that is exactly "." ends the message; a bare CR or LF anywhere marks the
+    message as bad (it is then refused as a whole, never split into commands), and so
+    does a line longer than the limit. Leading dots are removed (RFC 5321 §4.5.2).
+    """
+
+    def __init__(self, limits: SMTPLimits) -> None:
+        self.limits = limits
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.too_big = False
+        self.bare_newline = False
+        self.long_line = False
+        self._in_long_line = False
+
+    def feed(self, buf: bytearray) -> tuple[int, bool]:
+        """Consume whole lines of ``buf``; return (bytes consumed, end of data seen)."""
+        pos = 0
+        batch: list[bytes] = []
+        max_line = self.limits.max_text_line
+        done = False
+        while True:
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                break
+            line = bytes(buf[pos:end])
+            pos = end + 2
+            if self._in_long_line:
+                self._in_long_line = False
+                continue
+            if line == _DATA_END:
+                done = True
+                break
+            if len(line) + 2 > max_line:
+                # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with CRLF.
+                self.long_line = True
+            if b"\n" in line or b"\r" in line:
+                # RFC 5321 §2.3.8: lines end with CRLF only.
+                self.bare_newline = True
+            # RFC 5321 §4.5.2: remove the transparency dot.
+            batch.append(line[1:] if line.startswith(b".") else line)
+        if not done and len(buf) - pos > max_line:
+            self.long_line = True
+            self._in_long_line = True
+            pos = len(buf) - 1  # keep a trailing CR: it may start the CRLF
+        self._add(batch)
+        return pos, done
+
+    def _add(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        chunk = b"\r\n".join(lines) + b"\r\n"
+        self.size += len(chunk)
+        if self.size > self.limits.max_message_size:
+            self.too_big = True
+            self.chunks = []
+        if not self.too_big:
+            self.chunks.append(chunk)
+
+    def problem(self) -> Reply | None:
+        if self.too_big:
+            return Reply(552, "5.3.4", "Message size exceeds fixed maximum")
+        if self.bare_newline:
+            return Reply(554, "5.6.0", "Bare CR or LF in message; lines must end with CRLF")
+        if self.long_line:
+            return Reply(554, "5.6.0", "Message has a line longer than 1000 octets")
+        return None

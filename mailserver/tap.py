@@ -1,0 +1,36 @@
+"""The twistd plugin's options and service maker: ``twistd -n mailserver --config FILE``."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from mailserver.config import Config, ConfigError, load
+
+DEFAULT_CONFIG = "etc/mailserver.toml"
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    longdesc = "A small-office mail server: SMTP, IMAP and POP3 over one Maildir store."
+    optParameters = [
+        ["config", "c", DEFAULT_CONFIG, "The TOML configuration file."],
+    ]
+
+    def postOptions(self) -> None:
+        path = self["config"]
+        if not os.path.exists(path):
+            raise usage.UsageError(f"{path}: file not found")
+        try:
+            config = load(path)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        self.config: Config = config
+
+
+def makeService(options: Options) -> IService:
+    from mailserver.service import MailServer
+
+    return MailServer(options.config)
