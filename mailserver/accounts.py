@@ -25,6 +25,7 @@ from twisted.cred.portal import IRealm
 from twisted.internet import defer, threads
 from zope.interface import Interface, implementer
 
+from mailserver.config import Config, ConfigError
 from mailserver.names import BadName, normalize_address, split_address
 
 # Dovecot scheme names → passlib handlers.
@@ -60,7 +61,7 @@ def verify_password(password: str, stored: str) -> bool:
         return hmac.compare_digest(password.encode(), stored.encode())
     try:
         if scheme in _SCHEMES:
-            return bool(_CONTEXT.verify(password, stored, scheme=_SCHEMES[scheme]))
+            return bool(_CONTEXT.handler(_SCHEMES[scheme]).verify(password, stored))
         return bool(_CONTEXT.verify(password, stored))
     except (ValueError, TypeError):
         return False
@@ -93,6 +94,17 @@ def read_passwd(path: str) -> dict[str, Account]:
                 raise PasswdFileError(f"{path}:{number}: {e}") from None
             accounts[address.lower()] = Account(address, rest.split(":", 1)[0])
     return accounts
+
+
+def check_passwd_file(config: Config) -> None:
+    """Raise ConfigError naming the key when the configured passwd-file is unusable."""
+    path = config.resolve(config.accounts.passwd_file)
+    try:
+        read_passwd(path)
+    except OSError as e:
+        raise ConfigError(f"{config.path}: [accounts] passwd_file: {path}: {e.strerror}") from None
+    except PasswdFileError as e:
+        raise ConfigError(f"{config.path}: [accounts] passwd_file: {e}") from None
 
 
 def write_passwd(path: str, accounts: Mapping[str, Account]) -> None:

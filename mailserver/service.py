@@ -143,7 +143,10 @@ def prepare_run_dir(config: Config) -> None:
     if not os.path.exists(maildir):
         if sample and os.path.isdir(sample):
             shutil.copytree(sample, maildir, ignore=shutil.ignore_patterns(".gitkeep"))
-            log.info("store created at {maildir} from the sample {sample}", maildir=maildir,
-                     sample=sample)
+            log.info(
+                "store created at {maildir} from the sample {sample}",
+                maildir=maildir,
+                sample=sample,
+            )
         else:
             os.makedirs(maildir, mode=0o700)

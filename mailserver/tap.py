@@ -7,6 +7,7 @@ import os
 from twisted.application.service import IService
 from twisted.python import usage
 
+from mailserver.accounts import check_passwd_file
 from mailserver.config import Config, ConfigError, load
 
 DEFAULT_CONFIG = "etc/mailserver.toml"
@@ -25,6 +26,7 @@ class Options(usage.Options):
             raise usage.UsageError(f"{path}: file not found")
         try:
             config = load(path)
+            check_passwd_file(config)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         self.config: Config = config

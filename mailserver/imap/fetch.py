@@ -67,7 +67,7 @@ def _split_fields(header: bytes) -> list[HeaderField]:
             raw = _CRLF.join(current) + _CRLF
             name, colon, _ = current[0].partition(b":")
             name = name.rstrip(b" \t")  # RFC 5322 §4.5.2 obs: WSP before the colon
-            valid = colon and name and all(0x20 < c < 0x7F for c in name)
+            valid = bool(colon) and bool(name) and all(0x20 < c < 0x7F for c in name)
             fields.append(HeaderField(name.decode("ascii") if valid else None, raw))
             current.clear()
 
@@ -180,7 +180,7 @@ class MessageParts:
         self.end = len(raw) if end is None else end
         self.depth = depth
         self._default_type = default_type
-        if raw.startswith(_CRLF, start) and start + 2 <= self.end:
+        if raw.startswith(_CRLF, start, self.end):
             split = start  # empty header: the body starts after the blank line
         else:
             split = raw.find(b"\r\n\r\n", start, self.end)
@@ -217,7 +217,21 @@ class MessageParts:
 
     @cached_property
     def content_type(self) -> tuple[str, str, list[tuple[str, str]]]:
-        """Upper-cased (type, subtype) and the parameters, with RFC 2045 defaults."""
+        """Upper-cased (type, subtype) and the parameters, as used for FETCH.
+
+        A multipart without any recognisable body part, and any container type
+        nested too deeply, is reported as text/plain so the output stays valid.
+        """
+        declared = self._declared_type
+        if (declared[0] == "MULTIPART" and not self.children) or (
+            self.depth >= MAX_MIME_DEPTH and declared[:2] == ("MESSAGE", "RFC822")
+        ):
+            return "TEXT", "PLAIN", [("CHARSET", "US-ASCII")]
+        return declared
+
+    @cached_property
+    def _declared_type(self) -> tuple[str, str, list[tuple[str, str]]]:
+        """The Content-Type header with RFC 2045 §5.2 defaults applied."""
         raw = self.get("Content-Type")
         if raw is not None:
             value, params = _parse_params(_text(raw))
@@ -246,7 +260,7 @@ class MessageParts:
 
     @property
     def is_multipart(self) -> bool:
-        return self.content_type[0] == "MULTIPART" and bool(self.children)
+        return self.content_type[0] == "MULTIPART"
 
     @property
     def is_message(self) -> bool:
@@ -256,7 +270,7 @@ class MessageParts:
     @cached_property
     def children(self) -> list["MessageParts"]:
         """Body parts of a multipart entity; empty otherwise or when none are found."""
-        maintype, subtype, params = self.content_type
+        maintype, subtype, params = self._declared_type
         boundary = self._boundary(params)
         if maintype != "MULTIPART" or boundary is None or self.depth >= MAX_MIME_DEPTH:
             return []
@@ -270,13 +284,9 @@ class MessageParts:
     @cached_property
     def encapsulated(self) -> "MessageParts | None":
         """The message inside a message/rfc822 entity."""
-        if not self.is_message or self.depth >= MAX_MIME_DEPTH:
+        if not self.is_message:
             return None
         return MessageParts(self.raw, self.body_start, self.end, depth=self.depth + 1)
-
-    def content_type_is_multipart_fallback(self) -> bool:
-        """A multipart without any body part is rendered as text/plain."""
-        return self.content_type[0] == "MULTIPART" and not self.children
 
 
 def _split_multipart(raw: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
@@ -294,13 +304,13 @@ def _split_multipart(raw: bytes, start: int, end: int, boundary: bytes) -> list[
         if hit < 0:
             break
         pos = hit + len(dash)
-        if hit != start and raw[hit - 2 : hit] != _CRLF:
+        if hit != start and (hit - 2 < start or raw[hit - 2 : hit] != _CRLF):
             continue  # not at the beginning of a line
         close = raw.startswith(b"--", pos) and pos + 2 <= end
         after = pos + 2 if close else pos
         while after < end and raw[after] in b" \t":  # transport padding
             after += 1
-        if after < end and not raw.startswith(_CRLF, after):
+        if after < end and not raw.startswith(_CRLF, after, end):
             continue  # "--boundaryX": some other line
         if part_start is not None:
             parts.append((part_start, max(part_start, hit - 2)))
@@ -402,7 +412,9 @@ class _Address:
         def ns(v: str | None) -> bytes:
             return nstring(None if v is None else _bytes(v))
 
-        return b"(" + b" ".join(ns(v) for v in (self.name, self.adl, self.mailbox, self.host)) + b")"
+        return (
+            b"(" + b" ".join(ns(v) for v in (self.name, self.adl, self.mailbox, self.host)) + b")"
+        )
 
 
 _SPECIALS = '()<>,:;@"[]\\'
@@ -466,8 +478,7 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
 
 
 def _phrase(tokens: list[tuple[str, str]]) -> str | None:
-    words = [v for k, v in tokens if k in ("atom", "quoted", ".")]
-    text = " ".join(words).replace(" . ", ". ").strip()
+    text = " ".join(v for k, v in tokens if k in ("atom", "quoted")).strip()
     return text or None
 
 
@@ -619,7 +630,7 @@ def _body(entity: MessageParts, extensible: bool) -> bytes:
     if entity.is_multipart:
         # RFC 3501 §9 body-type-mpart = 1*body SP media-subtype [SP body-ext-mpart]
         out = b"".join(_body(child, extensible) for child in entity.children)
-        maintype, subtype, params = entity.content_type
+        _, subtype, params = entity.content_type
         out += b" " + quote(subtype)
         if extensible:
             out += b" " + b" ".join(
@@ -631,10 +642,7 @@ def _body(entity: MessageParts, extensible: bool) -> bytes:
                 ]
             )
         return b"(" + out + b")"
-    if entity.content_type_is_multipart_fallback():
-        maintype, subtype, params = "TEXT", "PLAIN", [("CHARSET", "US-ASCII")]
-    else:
-        maintype, subtype, params = entity.content_type
+    maintype, subtype, params = entity.content_type
     encoding = entity.get("Content-Transfer-Encoding")
     body = entity.body
     # RFC 3501 §9 body-fields = body-fld-param SP body-fld-id SP body-fld-desc SP

@@ -23,7 +23,6 @@ class FlagsChanged:
     folder: str
     uid: int
     flags: frozenset[str]
-    modseq: int
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,100 @@
+"""The ``mailserver`` admin command: check-config, user add/passwd/list."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+
+from mailserver.accounts import (
+    Account,
+    PasswdFileError,
+    check_passwd_file,
+    hash_password,
+    read_passwd,
+    write_passwd,
+)
+from mailserver.config import ConfigError, load
+from mailserver.names import BadName, normalize_address
+
+DEFAULT_CONFIG = "etc/mailserver.toml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mailserver", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check-config", help="check a configuration file")
+    check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+
+    user = commands.add_parser("user", help="manage the users of the passwd-file")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    for name, text in (("add", "add a user"), ("passwd", "change a user's password")):
+        sub = user_commands.add_parser(name, help=text)
+        sub.add_argument("address")
+        sub.add_argument("--config", default=DEFAULT_CONFIG)
+        sub.add_argument(
+            "--password-stdin", action="store_true", help="read the password from standard input"
+        )
+    listing = user_commands.add_parser("list", help="list the users")
+    listing.add_argument("--config", default=DEFAULT_CONFIG)
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return check_config(args.config)
+        return user_command(args)
+    except (ConfigError, PasswdFileError, BadName) as e:
+        print(f"mailserver: {e}", file=sys.stderr)
+        return 1
+
+
+def check_config(path: str) -> int:
+    check_passwd_file(load(path))
+    print(f"{path}: OK")
+    return 0
+
+
+def user_command(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    passwd = config.resolve(config.accounts.passwd_file)
+    accounts = read_passwd(passwd) if os.path.exists(passwd) else {}
+    if args.user_command == "list":
+        for account in sorted(accounts.values(), key=lambda a: a.address):
+            print(account.address)
+        return 0
+    address = normalize_address(args.address)
+    domain = address.rpartition("@")[2]
+    exists = address.lower() in accounts
+    if args.user_command == "add":
+        if exists:
+            print(f"mailserver: {address} exists already", file=sys.stderr)
+            return 1
+        if domain not in config.domains.local:
+            print(f"mailserver: {domain} is not a local domain of {args.config}", file=sys.stderr)
+            return 1
+    elif not exists:
+        print(f"mailserver: no such user {address}", file=sys.stderr)
+        return 1
+    password = read_password(args.password_stdin)
+    if not password:
+        print("mailserver: empty password refused", file=sys.stderr)
+        return 1
+    accounts[address.lower()] = Account(address, hash_password(password))
+    write_passwd(passwd, accounts)
+    print(f"{address}: {'added' if args.user_command == 'add' else 'password changed'}")
+    return 0
+
+
+def read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise SystemExit("mailserver: the passwords differ")
+    return first
+
+
+if __name__ == "__main__":
+    sys.exit(main())

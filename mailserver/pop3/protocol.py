@@ -1,0 +1,177 @@
+"""The Twisted side of POP3: the factory, the per-connection effect runner, the lock.
+
+A maildrop is locked from a successful login (OpenMaildrop) until QUIT has applied the
+deletions (CommitDeletes) or the connection is gone, whichever comes first; a lost
+connection applies nothing (RFC 1939 §6). The lock only keeps POP3 sessions apart, in
+this process: IMAP sessions may still change the folder, and a message that vanished
+under a POP3 session answers "-ERR cannot read message".
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailserver.config import POP3Config
+from mailserver.driver import SessionProtocol
+from mailserver.login import LoginService
+from mailserver.pop3.session import (
+    CommitDeletes,
+    MaildropEntry,
+    MaildropInUse,
+    OpenMaildrop,
+    POP3Session,
+    ReadMessage,
+    unique_id_for,
+)
+from mailserver.session import Authenticate, Effect
+from mailserver.store.maildir import Folder, MaildirStore
+
+log = Logger()
+ROLE = "POP3"
+
+
+def _peer(addr: IAddress) -> str:
+    host, port = getattr(addr, "host", None), getattr(addr, "port", None)
+    return f"{host}:{port}" if host is not None else str(addr)
+
+
+class POP3Connection:
+    """Runs one connection's effects and holds its maildrop lock."""
+
+    def __init__(self, factory: POP3Factory, session_id: str, peer: str) -> None:
+        self.factory = factory
+        self.session_id = session_id
+        self.peer = peer
+        self.folder: Folder | None = None
+        self.locked: str | None = None  # the address whose lock we hold
+
+    def run(self, effect: Effect) -> Any:
+        """The driver's effect runner: a result, a Deferred, or an exception."""
+        if isinstance(effect, Authenticate):
+            return self._authenticate(effect)
+        if isinstance(effect, OpenMaildrop):
+            return self._open(effect.address)
+        if isinstance(effect, ReadMessage):
+            return self._read(effect.uid)
+        if isinstance(effect, CommitDeletes):
+            return self._commit(effect.uids)
+        raise TypeError(f"POP3 cannot run {effect!r}")
+
+    def connection_lost(self) -> None:
+        """Give the lock back without applying any deletion (RFC 1939 §6)."""
+        self._release()
+
+    def _log(self, text: str, **fields: Any) -> None:
+        log.info(
+            "{role} " + text + " session={session} peer={peer}",
+            role=ROLE,
+            session=self.session_id,
+            peer=self.peer,
+            **fields,
+        )
+
+    def _authenticate(self, effect: Authenticate) -> defer.Deferred[str | None]:
+        d = self.factory.login_service.login(effect.username, effect.password, ROLE, self.peer)
+
+        def logged(address: str | None) -> str | None:
+            if address is None:
+                self._log("login failed user={user!r}", user=effect.username)
+            else:
+                self._log("login ok user={user}", user=address)
+            return address
+
+        d.addCallback(logged)
+        return d
+
+    def _open(self, address: str) -> list[MaildropEntry]:
+        locks = self.factory.locks
+        if address in locks:
+            self._log("maildrop in use user={user}", user=address)
+            raise MaildropInUse(address)
+        locks.add(address)
+        self.locked = address
+        try:
+            folder = self.factory.store.folder(address)
+            folder.refresh()
+        except Exception:
+            self._release()
+            raise
+        self.folder = folder
+        return [MaildropEntry(m.uid, unique_id_for(m.base), m.size) for m in folder.messages]
+
+    def _read(self, uid: int) -> defer.Deferred[bytes]:
+        assert self.folder is not None, "ReadMessage before OpenMaildrop"
+        d = self.folder.read(uid)
+
+        def logged(data: bytes) -> bytes:
+            self._log("retr uid={uid} size={size}", uid=uid, size=len(data))
+            return data
+
+        def failed(failure: Failure) -> Failure:
+            self._log("retr failed uid={uid}: {error}", uid=uid, error=failure.getErrorMessage())
+            return failure
+
+        d.addCallbacks(logged, failed)
+        return d
+
+    def _commit(self, uids: tuple[int, ...]) -> list[int]:
+        assert self.folder is not None, "CommitDeletes before OpenMaildrop"
+        try:
+            removed = self.folder.expunge(uids)
+        except Exception as e:
+            self._log("dele failed uids={uids}: {error}", uids=list(uids), error=e)
+            raise
+        finally:
+            self._release()
+        self._log("dele committed uids={uids}", uids=removed)
+        return removed
+
+    def _release(self) -> None:
+        if self.locked is not None:
+            self.factory.locks.discard(self.locked)
+            self.locked = None
+        self.folder = None
+
+
+class POP3Protocol(SessionProtocol):
+    """SessionProtocol that tells its POP3Connection when the connection is gone."""
+
+    def __init__(self, session: POP3Session, connection: POP3Connection, idle_timeout: float):
+        super().__init__(session, connection.run, idle_timeout)
+        self.connection = connection
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        super().connectionLost(reason)
+        self.connection.connection_lost()
+
+
+class POP3Factory(Factory):
+    """Builds one session and one POP3Connection per client."""
+
+    def __init__(
+        self,
+        store: MaildirStore,
+        login_service: LoginService,
+        config: POP3Config,
+        hostname: str,
+    ) -> None:
+        self.store = store
+        self.login_service = login_service
+        self.config = config
+        self.hostname = hostname
+        self.locks: set[str] = set()  # addresses whose maildrop a session holds
+
+    def buildProtocol(self, addr: IAddress) -> POP3Protocol:
+        session_id = secrets.token_hex(6)
+        session = POP3Session(self.config, self.hostname, session_id)
+        connection = POP3Connection(self, session_id, _peer(addr))
+        protocol = POP3Protocol(session, connection, self.config.idle_timeout)
+        protocol.factory = self
+        return protocol

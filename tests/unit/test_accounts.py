@@ -1,0 +1,86 @@
+"""Passwd-file accounts, Dovecot hash schemes, aliases and subaddresses."""
+
+from __future__ import annotations
+
+import pytest
+from passlib.hash import argon2, sha512_crypt
+from twisted.trial import unittest
+
+from mailserver.accounts import (
+    Directory,
+    PasswdFileError,
+    hash_password,
+    read_passwd,
+    verify_password,
+)
+
+
+def test_dovecot_schemes_verify() -> None:
+    assert verify_password("secret", hash_password("secret"))
+    assert not verify_password("Secret", hash_password("secret"))
+    assert verify_password("pw", "{SHA512-CRYPT}" + sha512_crypt.using(rounds=5000).hash("pw"))
+    assert verify_password("pw", "{ARGON2ID}" + argon2.using(type="ID").hash("pw"))
+    assert verify_password("pw", "{PLAIN}pw")
+    assert not verify_password("pw", "{PLAIN}px")
+    assert not verify_password("pw", "{SHA512-CRYPT}garbage")
+    assert not verify_password("pw", "")
+
+
+def test_passwd_file_parsing(tmp_path) -> None:
+    path = tmp_path / "passwd"
+    path.write_text(
+        "# comment\n\nalice@Example.TEST:{PLAIN}a:1000:1000::/home/alice::\nbob@example.test:{PLAIN}b\n"
+    )
+    accounts = read_passwd(str(path))
+    assert sorted(accounts) == ["alice@example.test", "bob@example.test"]
+    assert accounts["alice@example.test"].password_hash == "{PLAIN}a"
+    path.write_text("no colon here\n")
+    with pytest.raises(PasswdFileError, match=":1: expected user:password"):
+        read_passwd(str(path))
+    path.write_text("../evil@example.test:{PLAIN}x\n")
+    with pytest.raises(PasswdFileError):
+        read_passwd(str(path))
+
+
+class DirectoryTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        with open(self.path, "w") as f:
+            f.write("alice@example.test:{PLAIN}secret\nbob@example.test:{PLAIN}hunter2\n")
+        self.directory = Directory(
+            ("example.test",),
+            self.path,
+            {
+                "postmaster@example.test": ("alice@example.test",),
+                "team@example.test": ("alice@example.test", "bob@example.test", "x@other.example"),
+                "loop@example.test": ("loop@example.test",),
+            },
+        )
+
+    def test_resolve(self) -> None:
+        r = self.directory.resolve
+        self.assertEqual(r("alice@example.test"), ["alice@example.test"])
+        self.assertEqual(r("ALICE@EXAMPLE.TEST"), ["alice@example.test"])
+        self.assertEqual(r("alice+lists@example.test"), ["alice@example.test"])
+        self.assertEqual(r("postmaster@example.test"), ["alice@example.test"])
+        self.assertEqual(r("team@example.test"), ["alice@example.test", "bob@example.test"])
+        self.assertIsNone(r("carol@example.test"))
+        self.assertIsNone(r("loop@example.test"))
+        self.assertIsNone(r("not an address"))
+
+    async def test_check_password(self) -> None:
+        self.assertEqual(
+            await self.directory.check_password("Alice@example.test", "secret"),
+            "alice@example.test",
+        )
+        self.assertIsNone(await self.directory.check_password("alice@example.test", "nope"))
+        self.assertIsNone(await self.directory.check_password("carol@example.test", "secret"))
+        self.assertIsNone(await self.directory.check_password("../x", "secret"))
+
+    def test_file_changes_are_picked_up(self) -> None:
+        import os
+
+        with open(self.path, "a") as f:
+            f.write("carol@example.test:{PLAIN}c\n")
+        os.utime(self.path, ns=(1, 1))
+        self.assertEqual(self.directory.resolve("carol@example.test"), ["carol@example.test"])

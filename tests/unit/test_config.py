@@ -1,0 +1,69 @@
+"""Configuration errors stop start-up with one line naming the file and the key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mailserver.config import ConfigError, load
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT = os.path.join(ROOT, "etc", "mailserver.toml")
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "m.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_embedded_default_loads() -> None:
+    config = load(DEFAULT)
+    assert config.domains.local == ("example.test",)
+    assert config.listeners.smtp == ("tcp:2525:interface=127.0.0.1",)
+    assert config.resolve(config.accounts.passwd_file) == os.path.join(ROOT, "etc", "passwd")
+    assert config.accounts.aliases["postmaster@example.test"] == ("alice@example.test",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nhostnam = 'x'\n", "[server] hostnam: unknown key"),
+        ("[nope]\n", "[nope]: unknown section"),
+        ("[smtp]\nmax_recipients = 'many'\n", "[smtp] max_recipients: expected an integer"),
+        ("[smtp]\nmax_recipients = 0\n", "[smtp] max_recipients: must be greater than 0"),
+        ("[smtp]\nidle_timeout = true\n", "[smtp] idle_timeout: expected a number"),
+        ("[listeners]\nsmtp = [1]\n", "[listeners] smtp: expected a string"),
+        ("[domains]\nlocal = ['bad_domain!']\n", "[domains] local: domain not allowed"),
+        ("[listeners]\n", "[listeners]: no listener configured"),
+        ("server = 1\n", "server: must be a table"),
+        ("[server\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert str(e.value).startswith(path + ": ")
+    assert message in str(e.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="/nonexistent.toml: file not found"):
+        load("/nonexistent.toml")
+
+
+def test_twistd_refuses_a_bad_file_with_one_clear_line(tmp_path) -> None:
+    path = write(tmp_path, "[smtp]\nmax_recipients = 'many'\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "twisted", "mailserver", "--config", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode != 0
+    assert f"{path}: [smtp] max_recipients: expected an integer" in result.stderr + result.stdout

@@ -1,0 +1,164 @@
+"""The Maildir++ store: durable delivery, UIDs that survive restarts, flags, foreign files."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial import unittest
+
+from mailserver.names import BadName
+from mailserver.store import uidlist
+from mailserver.store.bus import Appended, Expunged, FlagsChanged
+from mailserver.store.maildir import (
+    MaildirStore,
+    NoSuchFolder,
+    QuotaExceeded,
+    crlf_from_base,
+    parse_filename,
+)
+
+ALICE = "alice@example.test"
+MESSAGE = b"Subject: hello\r\n\r\nbody\r\n"
+
+
+class StoreTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.store = MaildirStore(self.root, hostname="host.example")
+
+    def reopen(self) -> MaildirStore:
+        return MaildirStore(self.root, hostname="host.example")
+
+    async def test_delivery_lands_whole_in_new_with_size_in_name(self) -> None:
+        stored = await self.store.deliver(ALICE, [b"Subject: hello\r\n", b"\r\nbody\r\n"])
+        user = os.path.join(self.root, "example.test", "alice")
+        (name,) = os.listdir(os.path.join(user, "new"))
+        self.assertEqual(name, stored.base)
+        self.assertIn(f",S={len(MESSAGE)},W={len(MESSAGE)}", name)
+        with open(os.path.join(user, "new", name), "rb") as f:
+            self.assertEqual(f.read(), MESSAGE)
+        self.assertEqual(os.listdir(os.path.join(user, "tmp")), [])
+        # New users get Maildir++ default folders, each marked as a folder.
+        for folder in ("Drafts", "Sent", "Trash", "Junk", "Archive"):
+            self.assertTrue(os.path.exists(os.path.join(user, "." + folder, "maildirfolder")))
+
+    async def test_unique_names(self) -> None:
+        bases = {(await self.store.deliver(ALICE, [MESSAGE])).base for _ in range(50)}
+        self.assertEqual(len(bases), 50)
+
+    async def test_uids_survive_a_restart_and_grow(self) -> None:
+        folder = self.store.folder(ALICE)
+        for _ in range(3):
+            await self.store.deliver(ALICE, [MESSAGE])
+        uids = [m.uid for m in folder.messages]
+        self.assertEqual(uids, [1, 2, 3])
+        validity = folder.uidvalidity
+        folder.expunge([3])
+        again = self.reopen().folder(ALICE)
+        self.assertEqual([m.uid for m in again.messages], [1, 2])
+        self.assertEqual(again.uidvalidity, validity)
+        self.assertEqual(again.uidnext, 4)  # UID 3 is never reused
+
+    async def test_delivery_into_open_folder_is_announced(self) -> None:
+        folder = self.store.folder(ALICE)
+        seen = []
+        self.store.bus.subscribe(folder.key, seen.append)
+        stored = await self.store.deliver(ALICE, [MESSAGE])
+        self.assertEqual(seen, [Appended(folder.key, stored.uid)])
+
+    async def test_flags_live_in_the_file_name_and_base_stays(self) -> None:
+        folder = self.store.folder(ALICE)
+        stored = await self.store.deliver(ALICE, [MESSAGE])
+        seen = []
+        self.store.bus.subscribe(folder.key, seen.append)
+        folder.set_flags(stored.uid, {"\\Seen", "\\Flagged", "$Forwarded"})
+        (name,) = os.listdir(os.path.join(folder.path, "cur"))
+        self.assertEqual(parse_filename(name), (stored.base, "FSa"))
+        self.assertIsInstance(seen[0], FlagsChanged)
+        again = self.reopen().folder(ALICE)
+        self.assertEqual(again.messages[0].flags, {"\\Seen", "\\Flagged", "$Forwarded"})
+        self.assertEqual(again.messages[0].base, stored.base)
+        self.assertEqual(await again.read(stored.uid), MESSAGE)
+
+    async def test_expunge_removes_file_and_announces(self) -> None:
+        folder = self.store.folder(ALICE)
+        stored = await self.store.deliver(ALICE, [MESSAGE])
+        seen = []
+        self.store.bus.subscribe(folder.key, seen.append)
+        self.assertEqual(folder.expunge([stored.uid, 99]), [stored.uid])
+        self.assertEqual(seen, [Expunged(folder.key, stored.uid)])
+        self.assertEqual(os.listdir(os.path.join(folder.path, "new")), [])
+
+    async def test_read_follows_a_rename(self) -> None:
+        folder = self.store.folder(ALICE)
+        stored = await self.store.deliver(ALICE, [MESSAGE])
+        d = folder.read(stored.uid)
+        folder.set_flags(stored.uid, {"\\Seen"})
+        self.assertEqual(await d, MESSAGE)
+
+    def test_foreign_lf_file_is_picked_up_and_served_with_crlf(self) -> None:
+        folder = self.store.folder(ALICE)
+        path = os.path.join(folder.path, "cur", "123.foreign.host:2,S")
+        with open(path, "wb") as f:
+            f.write(b"Subject: x\n\nline\n")
+        os.utime(os.path.join(folder.path, "cur"), ns=(1, 1))
+        folder.refresh()
+        (message,) = folder.messages
+        self.assertEqual(message.size, len(b"Subject: x\r\n\r\nline\r\n"))
+        self.assertEqual(message.flags, {"\\Seen"})
+        self.assertFalse(message.crlf)
+        return folder.read(message.uid).addCallback(self.assertEqual, b"Subject: x\r\n\r\nline\r\n")
+
+    def test_file_removed_behind_our_back_is_expunged(self) -> None:
+        folder = self.store.folder(ALICE)
+        name = "1.x.host"
+        with open(os.path.join(folder.path, "new", name), "wb") as f:
+            f.write(MESSAGE)
+        folder.scan()
+        seen = []
+        self.store.bus.subscribe(folder.key, seen.append)
+        os.unlink(os.path.join(folder.path, "new", name))
+        folder.scan()
+        self.assertEqual(seen, [Expunged(folder.key, 1)])
+
+    def test_lost_uidlist_gives_new_uidvalidity(self) -> None:
+        folder = self.store.folder(ALICE)
+        with open(os.path.join(folder.path, "new", "1.x.host"), "wb") as f:
+            f.write(MESSAGE)
+        folder.scan()
+        os.unlink(os.path.join(folder.path, uidlist.FILENAME))
+        again = self.reopen().folder(ALICE)
+        self.assertEqual([m.uid for m in again.messages], [1])
+        self.assertNotEqual(again.uidvalidity, 0)
+        self.assertEqual(uidlist.load(folder.path).records["1.x.host"].uid, 1)
+
+    def test_names_from_the_network_are_checked(self) -> None:
+        for bad in (
+            "../x@example.test",
+            "a/b@example.test",
+            "alice@../etc",
+            ".hidden@example.test",
+        ):
+            self.assertRaises(BadName, self.store.user_path, bad)
+        for bad in ("../x", "a/b", "a..b", ".x", "x.", "a\x00b", "x" * 300):
+            self.assertRaises(BadName, self.store.folder_path, ALICE, bad)
+        self.assertRaises(NoSuchFolder, self.store.folder, ALICE, "Nope")
+
+    async def test_quota(self) -> None:
+        store = MaildirStore(self.root, quota_bytes=len(MESSAGE) + 5)
+        await store.deliver(ALICE, [MESSAGE])
+        with self.assertRaises(QuotaExceeded):
+            await store.deliver(ALICE, [MESSAGE])
+
+    async def test_take_new_moves_to_cur(self) -> None:
+        folder = self.store.folder(ALICE)
+        stored = await self.store.deliver(ALICE, [MESSAGE])
+        self.assertEqual(folder.take_new(), [stored.uid])
+        self.assertEqual(os.listdir(os.path.join(folder.path, "new")), [])
+        self.assertEqual(len(os.listdir(os.path.join(folder.path, "cur"))), 1)
+
+
+def test_crlf_from_base() -> None:
+    assert crlf_from_base("1.M2P3.host,S=10,W=10") is True
+    assert crlf_from_base("1.M2P3.host,S=10,W=12") is False
+    assert crlf_from_base("1.M2P3.host") is None

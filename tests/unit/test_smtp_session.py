@@ -1,0 +1,316 @@
+"""Transcript tests of the SMTP server session: client bytes in, exact replies out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailserver.session import Close, Effect, Send
+from mailserver.smtp.reply import Reply
+from mailserver.smtp.session import CheckRecipient, DeliverMessage, SMTPLimits, SMTPSession
+
+HOST = "mx.example.test"
+LOCAL = {"alice@example.test", "bob@example.test", "postmaster@example.test"}
+
+
+class Transcript:
+    """Runs a session the way the driver does, with policy decisions made in memory."""
+
+    def __init__(self, limits: SMTPLimits | None = None) -> None:
+        self.session = SMTPSession(
+            HOST,
+            "192.0.2.7",
+            "sid1",
+            limits or SMTPLimits(),
+            "postmaster@example.test",
+            clock=lambda: 1_700_000_000.0,
+        )
+        self.delivered: list[DeliverMessage] = []
+        self.closed = False
+        self.deliver_result: Callable[[DeliverMessage], Any] = lambda e: Reply(
+            250, "2.0.0", "OK queued"
+        )
+
+    def run_effect(self, effect: Effect) -> Any:
+        if isinstance(effect, CheckRecipient):
+            if effect.address in LOCAL:
+                return Reply(250, "2.1.5", "Recipient OK")
+            return Reply(550, "5.1.1", "No such user here")
+        assert isinstance(effect, DeliverMessage)
+        self.delivered.append(effect)
+        return self.deliver_result(effect)
+
+    def send(self, data: bytes) -> bytes:
+        self.session.receive_data(data)
+        return self.drain()
+
+    def drain(self) -> bytes:
+        out = []
+        while (action := self.session.next_action()) is not None:
+            if isinstance(action, Send):
+                out.append(action.data)
+            elif isinstance(action, Close):
+                self.closed = True
+            else:
+                self.session.resume(self.run_effect(action))
+        return b"".join(out)
+
+
+def started(limits: SMTPLimits | None = None) -> Transcript:
+    t = Transcript(limits)
+    assert t.drain() == b"220 mx.example.test ESMTP mailserver ready\r\n"
+    return t
+
+
+def ehlo(limits: SMTPLimits | None = None) -> Transcript:
+    t = started(limits)
+    assert t.send(b"EHLO client.example.org\r\n").startswith(b"250-mx.example.test greets")
+    return t
+
+
+def test_ehlo_advertises_exactly_what_works() -> None:
+    t = started()
+    assert t.send(b"EHLO client.example.org\r\n") == (
+        b"250-mx.example.test greets client.example.org\r\n"
+        b"250-PIPELINING\r\n"
+        b"250-SIZE 33554432\r\n"
+        b"250-8BITMIME\r\n"
+        b"250-ENHANCEDSTATUSCODES\r\n"
+        b"250 HELP\r\n"
+    )
+
+
+def test_helo_and_address_literal() -> None:
+    t = started()
+    assert t.send(b"HELO [192.0.2.7]\r\n") == b"250 mx.example.test\r\n"
+
+
+def test_ehlo_needs_a_domain() -> None:
+    t = started()
+    assert t.send(b"EHLO\r\n") == b"501 5.5.4 Syntax: EHLO domain (RFC 5321 \xc2\xa74.1.1.1)\r\n"
+    assert t.send(b"EHLO bad_domain!\r\n").startswith(b"501 5.5.4")
+
+
+def test_whole_transaction_with_received_header_and_dot_unstuffing() -> None:
+    t = ehlo()
+    assert t.send(b"MAIL FROM:<sender@example.org>\r\n") == b"250 2.1.0 Sender OK\r\n"
+    assert t.send(b"RCPT TO:<alice@example.test>\r\n") == b"250 2.1.5 Recipient OK\r\n"
+    assert t.send(b"DATA\r\n") == b"354 End data with <CR><LF>.<CR><LF>\r\n"
+    assert t.send(b"Subject: x\r\n\r\n..leading dot\r\n.\r\n") == b"250 2.0.0 OK queued\r\n"
+    (delivery,) = t.delivered
+    assert delivery.envelope.mail_from == "sender@example.org"
+    assert delivery.envelope.rcpt_to == ["alice@example.test"]
+    received, *body = delivery.chunks
+    assert received.startswith(b"Received: from client.example.org ([192.0.2.7])\r\n")
+    assert b"with ESMTP id sid1\r\n\tfor <alice@example.test>;" in received
+    assert b"".join(body) == b"Subject: x\r\n\r\n.leading dot\r\n"
+    assert t.send(b"QUIT\r\n") == b"221 2.0.0 mx.example.test closing connection\r\n"
+    assert t.closed
+
+
+def test_pipelined_commands_are_answered_in_order() -> None:
+    t = ehlo()
+    out = t.send(
+        b"MAIL FROM:<s@example.org>\r\nRCPT TO:<nobody@example.test>\r\n"
+        b"RCPT TO:<bob@example.test>\r\nDATA\r\nhello\r\n.\r\nRSET\r\nNOOP\r\nQUIT\r\n"
+    )
+    assert out == (
+        b"250 2.1.0 Sender OK\r\n"
+        b"550 5.1.1 No such user here\r\n"
+        b"250 2.1.5 Recipient OK\r\n"
+        b"354 End data with <CR><LF>.<CR><LF>\r\n"
+        b"250 2.0.0 OK queued\r\n"
+        b"250 2.0.0 OK\r\n"
+        b"250 2.0.0 OK\r\n"
+        b"221 2.0.0 mx.example.test closing connection\r\n"
+    )
+    assert t.delivered[0].envelope.rcpt_to == ["bob@example.test"]
+
+
+def test_data_split_across_packets_at_every_offset() -> None:
+    message = b"Subject: s\r\n\r\nline\r\n.\r\n"
+    for cut in range(len(message)):
+        t = ehlo()
+        t.send(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        assert t.send(message[:cut]) == b""
+        assert t.send(message[cut:]) == b"250 2.0.0 OK queued\r\n", cut
+        assert b"".join(t.delivered[0].chunks[1:]) == b"Subject: s\r\n\r\nline\r\n"
+
+
+def test_empty_message() -> None:
+    t = ehlo()
+    t.send(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    assert t.send(b".\r\n") == b"250 2.0.0 OK queued\r\n"
+    assert t.delivered[0].chunks[1:] == ()
+
+
+def test_sequence_errors() -> None:
+    t = started()
+    assert t.send(b"MAIL FROM:<a@b.example>\r\n") == b"503 5.5.1 Send EHLO or HELO first\r\n"
+    t.send(b"EHLO c.example\r\n")
+    assert t.send(b"RCPT TO:<alice@example.test>\r\n") == b"503 5.5.1 Need MAIL before RCPT\r\n"
+    assert t.send(b"DATA\r\n") == b"503 5.5.1 Need MAIL before DATA\r\n"
+    t.send(b"MAIL FROM:<a@b.example>\r\n")
+    assert t.send(b"MAIL FROM:<a@b.example>\r\n") == b"503 5.5.1 Sender already specified\r\n"
+    assert t.send(b"DATA\r\n") == b"554 5.5.1 No valid recipients\r\n"
+
+
+def test_bad_addresses_and_parameters() -> None:
+    t = ehlo()
+    assert t.send(b"MAIL FROM:alice\r\n").startswith(b"501 5.1.7")
+    assert t.send(b"MAIL TO:<a@b.example>\r\n").startswith(b"501 5.5.4")
+    assert t.send(b"MAIL FROM:<a@b.example> FOO=1\r\n") == (
+        b"555 5.5.4 Unsupported parameter FOO\r\n"
+    )
+    assert t.send(b"MAIL FROM:<a@b.example> SIZE=99999999999\r\n") == (
+        b"552 5.3.4 Message size exceeds fixed maximum\r\n"
+    )
+    assert t.send(b"MAIL FROM:<a@b.example> BODY=BINARYMIME\r\n").startswith(b"501 5.5.4")
+    assert t.send(b"MAIL FROM:<a@b.example> SIZE=100 BODY=8BITMIME\r\n") == (
+        b"250 2.1.0 Sender OK\r\n"
+    )
+    assert t.send(b"RCPT TO:<>\r\n").startswith(b"501 5.1.3")
+    assert t.send(b"RCPT TO:<a@b@c>\r\n").startswith(b"501 5.1.3")
+    assert t.send(b"RCPT TO:<alice@example.test> NOTIFY=NEVER\r\n").startswith(b"555 5.5.4")
+
+
+def test_helo_clients_may_not_use_parameters() -> None:
+    t = started()
+    t.send(b"HELO c.example\r\n")
+    assert t.send(b"MAIL FROM:<a@b.example> SIZE=10\r\n") == (
+        b"555 5.5.4 MAIL parameters need EHLO\r\n"
+    )
+
+
+def test_source_route_and_postmaster() -> None:
+    t = ehlo()
+    t.send(b"MAIL FROM:<@relay.example:a@b.example>\r\n")
+    assert t.session.envelope is not None
+    assert t.session.envelope.mail_from == "a@b.example"
+    assert t.send(b"RCPT TO:<Postmaster>\r\n") == b"250 2.1.5 Recipient OK\r\n"
+    assert t.session.envelope.rcpt_to == ["postmaster@example.test"]
+
+
+def test_too_many_recipients() -> None:
+    t = ehlo(SMTPLimits(max_recipients=2))
+    t.send(b"MAIL FROM:<>\r\n")
+    out = t.send(b"RCPT TO:<alice@example.test>\r\n" * 3)
+    assert out.endswith(b"452 4.5.3 Too many recipients\r\n")
+
+
+def test_command_line_too_long_keeps_session_usable() -> None:
+    t = ehlo()
+    assert t.send(b"NOOP " + b"x" * 600) == b"500 5.5.2 Line too long\r\n"
+    assert t.send(b"x" * 100 + b"\r\n") == b""
+    assert t.send(b"NOOP\r\n") == b"250 2.0.0 OK\r\n"
+    assert t.send(b"NOOP " + b"y" * 520 + b"\r\n") == b"500 5.5.2 Line too long\r\n"
+
+
+def test_unknown_and_non_ascii_commands() -> None:
+    t = ehlo()
+    assert t.send(b"FOO\r\n") == b"500 5.5.2 Command not recognized\r\n"
+    assert t.send(b"NOOP \xff\r\n") == b"500 5.5.2 Command contains non-ASCII characters\r\n"
+    assert t.send(b"VRFY alice\r\n") == (b"252 2.5.0 Cannot VRFY user, but will accept message\r\n")
+    assert t.send(b"EXPN list\r\n") == b"502 5.5.1 EXPN not available\r\n"
+    assert t.send(b"HELP\r\n").startswith(b"214-2.0.0 Commands:")
+
+
+def test_too_many_errors_closes_with_421() -> None:
+    t = ehlo(SMTPLimits(max_errors=2))
+    out = t.send(b"BAD\r\nBAD\r\nBAD\r\nNOOP\r\n")
+    assert out.endswith(b"421 4.7.0 Too many errors, closing connection\r\n")
+    assert t.closed
+    assert b"250" not in out
+
+
+def test_bare_lf_in_data_is_refused_and_never_ends_data() -> None:
+    t = ehlo()
+    t.send(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    # A smuggling attempt: "\n.\n" (or "\r.\r") must not end the message.
+    out = t.send(b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<evil@example.org>\r\n")
+    assert out == b""
+    assert t.send(b".\r\n") == (b"554 5.6.0 Bare CR or LF in message; lines must end with CRLF\r\n")
+    assert t.delivered == []
+    assert t.send(b"NOOP\r\n") == b"250 2.0.0 OK\r\n"
+
+
+def test_bare_cr_in_data_is_refused() -> None:
+    t = ehlo()
+    t.send(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    assert t.send(b"a\r.\r\nb\r\n.\r\n").startswith(b"554 5.6.0 Bare CR or LF")
+
+
+def test_overlong_data_line_never_drops_into_command_mode() -> None:
+    t = ehlo()
+    t.send(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    long_line = b"A" * 5000 + b"\r\nRSET\r\nMAIL FROM:<evil@example.org>\r\n"
+    # Deliver the long line in pieces, as TCP would.
+    out = b"".join(t.send(long_line[i : i + 700]) for i in range(0, len(long_line), 700))
+    assert out == b""
+    assert t.send(b".\r\n") == b"554 5.6.0 Message has a line longer than 1000 octets\r\n"
+    assert t.delivered == []
+
+
+def test_line_of_exactly_1000_octets_is_fine() -> None:
+    t = ehlo()
+    t.send(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    assert t.send(b"B" * 998 + b"\r\n.\r\n") == b"250 2.0.0 OK queued\r\n"
+
+
+def test_message_too_big() -> None:
+    t = ehlo(SMTPLimits(max_message_size=100))
+    t.send(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    out = t.send(b"x" * 50 + b"\r\n" + b"y" * 60 + b"\r\n.\r\n")
+    assert out == b"552 5.3.4 Message size exceeds fixed maximum\r\n"
+    assert t.delivered == []
+
+
+def test_failed_delivery_gives_a_temporary_error() -> None:
+    t = ehlo()
+    t.deliver_result = lambda e: Reply(451, "4.3.0", "Local error in processing, try again later")
+    t.send(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    assert t.send(b"x\r\n.\r\n") == b"451 4.3.0 Local error in processing, try again later\r\n"
+    # The transaction is over: a new MAIL is allowed.
+    assert t.send(b"MAIL FROM:<>\r\n") == b"250 2.1.0 Sender OK\r\n"
+
+
+def test_rset_and_ehlo_reset_the_transaction() -> None:
+    t = ehlo()
+    t.send(b"MAIL FROM:<>\r\n")
+    assert t.send(b"RSET\r\n") == b"250 2.0.0 OK\r\n"
+    assert t.send(b"RCPT TO:<alice@example.test>\r\n").startswith(b"503")
+    t.send(b"MAIL FROM:<>\r\n")
+    t.send(b"EHLO again.example\r\n")
+    assert t.session.envelope is None
+
+
+def test_timeout_reply() -> None:
+    t = started()
+    assert t.session.timed_out() == b"421 4.4.2 mx.example.test Timeout, closing connection\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=20))
+def test_random_input_never_breaks_the_session(chunks: list[bytes]) -> None:
+    t = ehlo()
+    for chunk in chunks:
+        out = t.send(chunk)
+        for line in out.split(b"\r\n")[:-1]:
+            assert line[:3].isdigit()
+    if not t.closed:
+        t.send(b"\r\n.\r\nRSET\r\n")
+        t.send(b"NOOP\r\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b".", b"..", b"", b"x.y", b". "]), max_size=30))
+def test_dot_stuffed_bodies_round_trip(lines: list[bytes]) -> None:
+    body = b"".join(line + b"\r\n" for line in lines)
+    stuffed = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
+    t = ehlo()
+    t.send(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    assert t.send(stuffed + b".\r\n") == b"250 2.0.0 OK queued\r\n"
+    assert b"".join(t.delivered[0].chunks[1:]) == body
