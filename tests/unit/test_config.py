@@ -59,7 +59,7 @@ def test_missing_file() -> None:
 def test_twistd_refuses_a_bad_file_with_one_clear_line(tmp_path) -> None:
     path = write(tmp_path, "[smtp]\nmax_recipients = 'many'\n")
     result = subprocess.run(
-        [sys.executable, "-m", "twisted", "mailserver", "--config", path],
+        [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "mailserver", "--config", path],
         capture_output=True,
         text=True,
         timeout=60,
