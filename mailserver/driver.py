@@ -49,6 +49,11 @@ class SessionProtocol(Protocol, TimeoutMixin):
     # Twisted callbacks -------------------------------------------------------------
     def connectionMade(self) -> None:
         self.setTimeout(self.idle_timeout)
+        attach = getattr(self.session, "attach", None)
+        if attach is not None:
+            # Sessions that speak without being spoken to (IMAP IDLE) get a way to
+            # ask for their pending output to be sent.
+            attach(self._pump)
         self._pump()
 
     def dataReceived(self, data: bytes) -> None:
@@ -71,6 +76,14 @@ class SessionProtocol(Protocol, TimeoutMixin):
 
     # The pump -----------------------------------------------------------------------
     def _pump(self) -> None:
+        try:
+            self._pump_actions()
+        except Exception:
+            # A bug in a session must cost only its own connection.
+            self.log.failure("session failed; closing its connection")
+            self._close()
+
+    def _pump_actions(self) -> None:
         while not self._pending and not self._closing:
             action = self.session.next_action()
             if action is None:
@@ -94,9 +107,12 @@ class SessionProtocol(Protocol, TimeoutMixin):
         self._pending = False
         if self._closing:
             return None
-        if isinstance(result, Failure) and not result.check(Exception):
+        try:
+            self.session.resume(result)
+        except Exception:
+            self.log.failure("session failed; closing its connection")
+            self._close()
             return None
-        self.session.resume(result)
         self._pump()
         return None
 

@@ -6,11 +6,8 @@ from twisted.cred import error
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from mailserver.accounts import Directory, IMailUser, MailRealm, PasswdChecker
-
-log = Logger()
 
 
 class LoginService:
@@ -20,21 +17,18 @@ class LoginService:
         self.portal = Portal(MailRealm(), [PasswdChecker(directory)])
 
     def login(self, username: str, password: str, role: str, peer: str) -> defer.Deferred:
-        """Fires with the user's canonical address, or None when the login failed."""
+        """Fires with the user's canonical address, or None when the login failed.
+
+        ``role`` and ``peer`` are for the throttling of failed logins per client.
+        """
         d = self.portal.login(UsernamePassword(username, password), None, IMailUser)
 
         def succeeded(result):  # type: ignore[no-untyped-def]
             _, avatar, _ = result
-            log.info(
-                "{role} login ok user={user} peer={peer}", role=role, user=avatar.address, peer=peer
-            )
             return avatar.address
 
         def failed(failure):  # type: ignore[no-untyped-def]
             failure.trap(error.UnauthorizedLogin)
-            log.info(
-                "{role} login failed user={user!r} peer={peer}", role=role, user=username, peer=peer
-            )
             return None
 
         d.addCallbacks(succeeded, failed)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -16,9 +15,12 @@ from twisted.logger import Logger
 
 from mailserver.accounts import Directory
 from mailserver.config import Config
+from mailserver.imap.protocol import IMAPFactory
+from mailserver.imap.session import IMAPLimits
 from mailserver.login import LoginService
 from mailserver.mda import MDA
 from mailserver.mta import InboundPolicy
+from mailserver.pop3.protocol import POP3Factory
 from mailserver.smtp.protocol import SMTPFactory
 from mailserver.smtp.session import SMTPLimits
 from mailserver.store.maildir import MaildirStore
@@ -100,14 +102,34 @@ class MailServer(MultiService):
         self.login = LoginService(self.directory)
         self.mda = MDA(self.store, self.directory)
         self.listeners: dict[str, list[ListenerService]] = {}
-        for role, descriptions, factory in self._factories():
-            for description in descriptions:
-                self.add_listener(role, description, factory())
+        listeners = config.listeners
+        for role, descriptions, make_factory in (
+            ("MTA", listeners.smtp, self._mta_factory),
+            ("IMAP", listeners.imap, self._imap_factory),
+            ("POP3", listeners.pop3, self._pop3_factory),
+        ):
+            if descriptions:
+                # One factory per role: its limits and locks span all its listeners.
+                factory = make_factory()
+                for description in descriptions:
+                    self.add_listener(role, description, factory)
 
-    def _factories(self) -> list[tuple[str, tuple[str, ...], Callable[[], Factory]]]:
-        return [
-            ("MTA", self.config.listeners.smtp, self._mta_factory),
-        ]
+    def _imap_factory(self) -> Factory:
+        imap = self.config.imap
+        limits = IMAPLimits(
+            max_line=imap.max_line, max_literal=imap.max_literal, max_errors=imap.max_errors
+        )
+        return IMAPFactory(
+            self.store,
+            self.login,
+            limits,
+            imap.idle_timeout,
+            self.config.server.hostname,
+            self.reactor,
+        )
+
+    def _pop3_factory(self) -> Factory:
+        return POP3Factory(self.store, self.login, self.config.pop3, self.config.server.hostname)
 
     def _mta_factory(self) -> Factory:
         smtp = self.config.smtp

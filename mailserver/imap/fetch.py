@@ -122,7 +122,7 @@ def _parse_params(text: str) -> tuple[str, list[tuple[str, str]]]:
 
     pos = skip_cfws(pos)
     semi = text.find(";", pos)
-    value = (text[pos:] if semi < 0 else text[pos:semi]).strip()
+    value = _COMMENT.sub("", text[pos:] if semi < 0 else text[pos:semi]).strip()
     pos = n if semi < 0 else semi
     while pos < n:
         pos = skip_cfws(pos + 1)  # skip the ";"
@@ -155,6 +155,7 @@ def _parse_params(text: str) -> tuple[str, list[tuple[str, str]]]:
     return value, params
 
 
+_COMMENT = re.compile(r"\([^()]*\)")  # RFC 5322 §3.2.2 comment (unnested)
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+\Z")  # RFC 2045 §5.1 token
 
 
@@ -181,14 +182,13 @@ class MessageParts:
         self.depth = depth
         self._default_type = default_type
         if raw.startswith(_CRLF, start, self.end):
-            split = start  # empty header: the body starts after the blank line
+            # Empty header: the blank line comes first and the body follows it.
+            self.header_end = start + 2
         else:
             split = raw.find(b"\r\n\r\n", start, self.end)
-        if split < 0:
             # No blank line: everything is header and the body is empty.
-            self.header_end = self.body_start = self.end
-        else:
-            self.header_end = self.body_start = split + (2 if split == start else 4)
+            self.header_end = self.end if split < 0 else split + 4
+        self.body_start = self.header_end
 
     @property
     def header(self) -> bytes:
@@ -331,13 +331,11 @@ def _part(root: MessageParts, path: tuple[int, ...]) -> MessageParts | None:
     """Walk a part path (RFC 3501 §6.4.5 part numbering)."""
     entity = root
     for step, n in enumerate(path):
-        if step > 0:
-            if entity.is_multipart:
-                pass
-            elif entity.encapsulated is not None:
-                entity = entity.encapsulated
-            else:
+        if step > 0 and not entity.is_multipart:
+            # Below a message/rfc822 part, numbering continues in the enclosed message.
+            if entity.encapsulated is None:
                 return None
+            entity = entity.encapsulated
         if entity.is_multipart:
             if n > len(entity.children):
                 return None

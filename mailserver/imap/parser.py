@@ -665,14 +665,14 @@ class _Reader:
         except ValueError as exc:
             raise self.error(str(exc)) from None
 
-    def flag(self, *, allow_recent: bool = False) -> str:
+    def flag(self) -> str:
         if self.peek() == 0x5C:
             self.pos += 1
             name = "\\" + self.atom()
             canonical = SYSTEM_FLAGS.get(name.upper())
             if canonical is not None:
                 return canonical
-            if name.upper() == "\\RECENT" and not allow_recent:
+            if name.upper() == "\\RECENT":
                 # RFC 3501 §2.3.2: \Recent cannot be altered by the client.
                 raise self.error("\\Recent may not be set")
             raise self.error(f"unsupported system flag {name}")
@@ -802,9 +802,9 @@ def _date_time(r: _Reader) -> datetime:
     day, month, year, hh, mm, ss, sign, zone = (g.decode("ascii") for g in match.groups())
     try:
         month_number = [m.upper() for m in _MONTHS].index(month.upper()) + 1
+        if int(zone[2:]) >= 60:
+            raise ValueError("zone minutes out of range")
         offset = timedelta(hours=int(zone[:2]), minutes=int(zone[2:]))
-        if zone[2:] >= "60":
-            raise ValueError("zone minutes")
         value = datetime(
             int(year),
             month_number,
@@ -1105,11 +1105,12 @@ _QUOTE_LIMIT = 1000
 def quote(value: bytes | str) -> bytes:
     """Render ``value`` as an IMAP string for a server response.
 
-    A quoted string when every octet is a 7-bit TEXT-CHAR (RFC 3501 §9) and the
-    value is short, otherwise a synchronizing literal ``{n}\\r\\n<data>``.
+    A quoted string when the value is short and every octet is printable 7-bit
+    or TAB (a subset of RFC 3501 §9 TEXT-CHAR that no client mis-parses),
+    otherwise a synchronizing literal ``{n}\\r\\n<data>``.
     """
     data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
-    if len(data) <= _QUOTE_LIMIT and not any(c > 0x7E or c < 0x20 for c in data):
+    if len(data) <= _QUOTE_LIMIT and not any(c > 0x7E or (c < 0x20 and c != 0x09) for c in data):
         return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return b"{%d}\r\n" % len(data) + data
 

@@ -143,7 +143,9 @@ class POP3Connection:
 class POP3Protocol(SessionProtocol):
     """SessionProtocol that tells its POP3Connection when the connection is gone."""
 
-    def __init__(self, session: POP3Session, connection: POP3Connection, idle_timeout: float):
+    def __init__(
+        self, session: POP3Session, connection: POP3Connection, idle_timeout: float
+    ) -> None:
         super().__init__(session, connection.run, idle_timeout)
         self.connection = connection
 

@@ -1,0 +1,68 @@
+"""Twisted glue for IMAP: a factory whose connections run an IMAPSession."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from twisted.internet import task
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from mailserver.driver import SessionProtocol
+from mailserver.imap.session import IMAPLimits, IMAPSession, Pause, ReadMessage
+from mailserver.login import LoginService
+from mailserver.session import Authenticate, Effect
+from mailserver.store.maildir import MaildirStore
+
+log = Logger()
+
+
+class IMAPFactory(Factory):
+    def __init__(
+        self,
+        store: MaildirStore,
+        login: LoginService,
+        limits: IMAPLimits,
+        idle_timeout: float,
+        hostname: str,
+        reactor: Any,
+    ) -> None:
+        self.store = store
+        self.login = login
+        self.limits = limits
+        self.idle_timeout = idle_timeout
+        self.hostname = hostname
+        self.reactor = reactor
+
+    def buildProtocol(self, addr: IAddress) -> SessionProtocol:
+        session_id = secrets.token_hex(6)
+        peer = getattr(addr, "host", str(addr))
+        session = IMAPSession(self.hostname, session_id, self.limits, self.store)
+        log.info("IMAP connect session={session} peer={peer}", session=session_id, peer=peer)
+
+        def logged(address: str | None, username: str) -> str | None:
+            log.info(
+                "IMAP login {result} session={session} peer={peer} user={user!r}",
+                result="ok" if address else "failed",
+                session=session_id,
+                peer=peer,
+                user=address or username,
+            )
+            return address
+
+        def run(effect: Effect) -> Any:
+            if isinstance(effect, ReadMessage):
+                return effect.folder.read(effect.uid)
+            if isinstance(effect, Pause):
+                return task.deferLater(self.reactor, 0, lambda: None)
+            if isinstance(effect, Authenticate):
+                d = self.login.login(effect.username, effect.password, "IMAP", peer)
+                d.addCallback(logged, effect.username)
+                return d
+            raise TypeError(f"unknown effect {effect!r}")
+
+        proto = SessionProtocol(session, run, self.idle_timeout)
+        proto.factory = self
+        return proto

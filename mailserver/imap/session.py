@@ -1,0 +1,812 @@
+"""The IMAP server session (RFC 3501, with IDLE, UNSELECT, NAMESPACE, ID, LITERAL+, SASL-IR).
+
+The session frames commands (lines and literals), parses them with
+:mod:`mailserver.imap.parser` and runs each one as a small generator ("job") that yields
+actions: replies to send, and effects for what must not happen on the session's own
+stack (checking a password, reading a message file in a thread, giving other sessions a
+turn during a long FETCH). It reads and changes folder metadata through the store's
+in-memory index, and keeps its own sequence-number view of the selected folder:
+changes made by others reach the client as untagged EXISTS/EXPUNGE/FETCH responses only
+at the moments RFC 3501 §7.4.1 allows, or at once while the client is in IDLE.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import re
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.python.failure import Failure
+
+from mailserver.imap import parser as p
+from mailserver.imap.fetch import (
+    MessageParts,
+    apply_partial,
+    bodystructure,
+    envelope,
+    format_internaldate,
+    section_bytes,
+)
+from mailserver.names import BadName
+from mailserver.session import Action, Authenticate, Close, Effect, Send
+from mailserver.store.bus import Appended, Change, Expunged, FlagsChanged
+from mailserver.store.maildir import Folder, MaildirStore, MessageInfo, NoSuchFolder
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+SPECIAL_USE = {
+    "Drafts": "\\Drafts",
+    "Sent": "\\Sent",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+    "Archive": "\\Archive",
+}
+DELIMITER = "."
+# How many messages a FETCH answers before it lets other sessions run.
+FETCH_BATCH = 256
+
+Job = Generator[Action, Any, None]
+
+
+@dataclass(frozen=True)
+class IMAPLimits:
+    max_line: int = 8192
+    max_literal: int = 64 * 1024 * 1024
+    max_errors: int = 20
+
+
+@dataclass(frozen=True)
+class ReadMessage(Effect):
+    """Read a message's bytes (CRLF line ends); the result is the bytes."""
+
+    folder: Folder
+    uid: int
+
+
+@dataclass(frozen=True)
+class Pause(Effect):
+    """Let the reactor serve others before going on (a long reply in progress)."""
+
+
+class _Selected:
+    """This session's view of its selected folder: its own sequence numbers."""
+
+    def __init__(self, folder: Folder, readonly: bool, recent: set[int]) -> None:
+        self.folder = folder
+        self.readonly = readonly
+        self.uids: list[int] = [m.uid for m in folder.messages]
+        self.recent = recent
+        self.expunged: list[int] = []  # by others, not yet told to the client
+        self.flags_changed: set[int] = set()
+        self.appended = False
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self.uids, uid)
+        if i < len(self.uids) and self.uids[i] == uid:
+            return i + 1
+        return None
+
+    def remove(self, uid: int) -> int | None:
+        seq = self.seq_of(uid)
+        if seq is not None:
+            del self.uids[seq - 1]
+            self.recent.discard(uid)
+        return seq
+
+
+class IMAPSession:
+    def __init__(
+        self,
+        hostname: str,
+        session_id: str,
+        limits: IMAPLimits,
+        store: MaildirStore,
+    ) -> None:
+        self.hostname = hostname
+        self.session_id = session_id
+        self.limits = limits
+        self.store = store
+        self.user: str | None = None
+        self.selected: _Selected | None = None
+        self._in = bytearray()
+        self._out: deque[Action] = deque()
+        self._job: Job | None = None
+        self._job_tag = "*"
+        self._job_input: Any = None
+        self._waiting = False
+        self._closed = False
+        self._errors = 0
+        self._pieces: list[bytes] = []  # the command being framed
+        self._literal_left = 0  # octets of a literal still to read
+        self._literal_total = 0
+        self._discarding = False
+        self._idle_tag: str | None = None
+        self._sasl_tag: str | None = None
+        self._own_change = False
+        self._wake: Callable[[], None] | None = None
+        self._send(
+            b"* OK [CAPABILITY "
+            + self._capabilities()
+            + b"] "
+            + hostname.encode()
+            + b" IMAP4rev1 mailserver ready\r\n"
+        )
+
+    # Session protocol ------------------------------------------------------------------
+    def attach(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+
+    def receive_data(self, data: bytes) -> None:
+        if not self._closed:
+            self._in += data
+
+    def buffered(self) -> int:
+        return len(self._in)
+
+    def next_action(self) -> Action | None:
+        while not self._out and not self._closed and not self._waiting:
+            if self._job is not None:
+                self._advance_job()
+            elif not self._step():
+                break
+        if self._out:
+            return self._out.popleft()
+        return None
+
+    def resume(self, result: Any) -> None:
+        self._waiting = False
+        self._job_input = result
+
+    def timed_out(self) -> bytes:
+        # RFC 3501 §5.4: the autologout timer.
+        return b"* BYE Autologout; idle for too long\r\n"
+
+    def connection_lost(self) -> None:
+        self._closed = True
+        self._unselect()
+
+    # Output helpers ------------------------------------------------------------------
+    def _send(self, data: bytes) -> None:
+        self._out.append(Send(data))
+
+    def _tagged(self, tag: str, status: str, text: str) -> None:
+        self._send(f"{tag} {status} {text}\r\n".encode())
+
+    def _close(self) -> None:
+        self._out.append(Close())
+        self._closed = True
+        self._unselect()
+
+    def _bad(self, tag: str | None, text: str) -> None:
+        self._errors += 1
+        self._send(f"{tag or '*'} BAD {text}\r\n".encode())
+        if self._errors >= self.limits.max_errors:
+            self._send(b"* BYE Too many errors\r\n")
+            self._close()
+
+    def _capabilities(self) -> bytes:
+        caps = [
+            "IMAP4rev1",
+            "LITERAL+",
+            "SASL-IR",
+            "IDLE",
+            "UNSELECT",
+            "NAMESPACE",
+            "ID",
+            "SPECIAL-USE",
+        ]
+        if self.user is None:
+            caps.append("AUTH=PLAIN")
+        return " ".join(caps).encode()
+
+    # Jobs ------------------------------------------------------------------------------
+    def _advance_job(self) -> None:
+        assert self._job is not None
+        value, self._job_input = self._job_input, None
+        try:
+            if isinstance(value, Failure):
+                action = self._job.throw(value.value)
+            else:
+                action = self._job.send(value)
+        except StopIteration:
+            self._job = None
+            return
+        except Exception as e:
+            # An effect failed in a way the command did not expect: fail the command only.
+            self._job = None
+            self._tagged(self._job_tag, "NO", f"[SERVERBUG] {type(e).__name__}")
+            return
+        if isinstance(action, Effect):
+            self._waiting = True
+        self._out.append(action)
+
+    # Framing (RFC 3501 §2.2, RFC 7888) -------------------------------------------------
+    def _step(self) -> bool:
+        if self._literal_left:
+            take = min(self._literal_left, len(self._in))
+            if not take:
+                return False
+            self._pieces[-1] += self._in[:take]
+            del self._in[:take]
+            self._literal_left -= take
+            if self._literal_left:
+                return False
+            self._pieces.append(b"")
+            return True
+        end = self._in.find(b"\n")
+        if end < 0:
+            if len(self._in) > self.limits.max_line:
+                del self._in[:]
+                if not self._discarding:
+                    self._discarding = True
+                    self._pieces = []
+                    self._bad(None, "Line too long")
+            return False
+        line = bytes(self._in[:end])
+        del self._in[: end + 1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if self._discarding:
+            self._discarding = False
+            return True
+        if len(line) > self.limits.max_line:
+            self._pieces = []
+            self._bad(None, "Line too long")
+            return True
+        if self._idle_tag is not None:
+            self._idle_line(line)
+            return True
+        if self._sasl_tag is not None:
+            tag, self._sasl_tag = self._sasl_tag, None
+            self._job, self._job_tag = self._authenticate_response(tag, line), tag
+            return True
+        if self._pieces:
+            self._pieces[-1] += line
+        else:
+            self._pieces = [line]
+        try:
+            literal = p.literal_at_end(line)
+        except p.ParseError as e:
+            self._pieces = []
+            self._bad(e.tag, e.message)
+            return True
+        if literal is None:
+            pieces, self._pieces, self._literal_total = self._pieces, [], 0
+            self._dispatch(pieces)
+            return True
+        size, nonsync = literal
+        self._literal_total += size
+        if self._literal_total > self.limits.max_literal:
+            tag = _tag_of(self._pieces[0])
+            self._pieces, self._literal_total = [], 0
+            if nonsync:
+                # RFC 7888 §4: a too-big non-synchronizing literal ends the connection.
+                self._send(b"* BYE [TOOBIG] Literal too big\r\n")
+                self._close()
+            else:
+                # RFC 7888 §4 / RFC 9051 §7.1: refuse before the client sends it.
+                self._send(f"{tag or '*'} NO [TOOBIG] Literal too big\r\n".encode())
+            return True
+        self._pieces.append(b"")
+        self._literal_left = size
+        if not nonsync:
+            self._send(b"+ Ready for literal data\r\n")
+        if size == 0:
+            self._literal_left = 0
+            self._pieces.append(b"")
+        return True
+
+    def _dispatch(self, pieces: list[bytes]) -> None:
+        try:
+            command = p.parse_command(pieces)
+        except p.ParseError as e:
+            self._bad(e.tag, e.message)
+            return
+        handler = getattr(self, f"_cmd_{command.name}", None)
+        if handler is None:
+            self._bad(command.tag, f"{command.name} is not supported")
+            return
+        if command.name not in _ANY_STATE:
+            if self.user is None:
+                self._bad(command.tag, "Log in first")
+                return
+            if command.name in _SELECTED_STATE and self.selected is None:
+                self._bad(command.tag, "No mailbox selected")
+                return
+        elif command.name in _NOT_AUTHENTICATED_STATE and self.user is not None:
+            self._bad(command.tag, "Already logged in")
+            return
+        job = handler(command)
+        if job is not None:
+            self._job, self._job_tag = job, command.tag
+
+    # Any state (RFC 3501 §6.1) ---------------------------------------------------------
+    def _cmd_CAPABILITY(self, c: p.Command) -> None:
+        self._send(b"* CAPABILITY " + self._capabilities() + b"\r\n")
+        self._tagged(c.tag, "OK", "CAPABILITY completed")
+
+    def _cmd_NOOP(self, c: p.Command) -> None:
+        self._updates(allow_expunge=True)
+        self._tagged(c.tag, "OK", "NOOP completed")
+
+    def _cmd_LOGOUT(self, c: p.Command) -> None:
+        self._send(b"* BYE Logging out\r\n")
+        self._tagged(c.tag, "OK", "LOGOUT completed")
+        self._close()
+
+    def _cmd_ID(self, c: p.Command) -> None:
+        # RFC 2971 §3.1
+        self._send(b'* ID ("name" "mailserver")\r\n')
+        self._tagged(c.tag, "OK", "ID completed")
+
+    # Not authenticated (RFC 3501 §6.2) -------------------------------------------------
+    def _cmd_LOGIN(self, c: p.Command) -> Job:
+        assert isinstance(c.args, p.Login)
+        return self._login(c.tag, c.args.userid, c.args.password)
+
+    def _cmd_AUTHENTICATE(self, c: p.Command) -> Job | None:
+        assert isinstance(c.args, p.Authenticate)
+        if c.args.mechanism.upper() != "PLAIN":
+            self._tagged(c.tag, "NO", "Unsupported authentication mechanism")
+            return None
+        if c.args.initial_response is None:
+            # RFC 3501 §6.2.2: ask for the response with an empty continuation.
+            self._sasl_tag = c.tag
+            self._send(b"+ \r\n")
+            return None
+        return self._authenticate_response(c.tag, c.args.initial_response.encode())
+
+    def _authenticate_response(self, tag: str, response: bytes) -> Job:
+        if response == b"*":
+            self._bad(tag, "Authentication cancelled")
+            return
+        try:
+            decoded = b"" if response == b"=" else base64.b64decode(response, validate=True)
+        except (binascii.Error, ValueError):
+            self._bad(tag, "Invalid base64")
+            return
+        fields = decoded.split(b"\0")
+        if len(fields) != 3:
+            self._bad(tag, "PLAIN needs authzid NUL authcid NUL password (RFC 4616)")
+            return
+        authzid, authcid, password = fields
+        if authzid and authzid != authcid:
+            self._tagged(tag, "NO", "[AUTHORIZATIONFAILED] Cannot act as another user")
+            return
+        yield from self._login(tag, authcid, password)
+
+    def _login(self, tag: str, userid: bytes, password: bytes) -> Job:
+        try:
+            username, secret = userid.decode("utf-8"), password.decode("utf-8")
+        except UnicodeDecodeError:
+            self._tagged(tag, "NO", "[AUTHENTICATIONFAILED] Invalid credentials")
+            return
+        address = yield Authenticate(username, secret)
+        if address is None:
+            # RFC 5530 response code.
+            self._tagged(tag, "NO", "[AUTHENTICATIONFAILED] Invalid credentials")
+            return
+        self.user = address
+        self._send(f"{tag} OK [CAPABILITY ".encode() + self._capabilities() + b"] Logged in\r\n")
+
+    # Authenticated (RFC 3501 §6.3) -----------------------------------------------------
+    def _folder(self, tag: str, name: str) -> Folder | None:
+        assert self.user is not None
+        try:
+            return self.store.folder(self.user, name)
+        except (BadName, NoSuchFolder):
+            self._tagged(tag, "NO", "[NONEXISTENT] No such mailbox")
+            return None
+
+    def _cmd_SELECT(self, c: p.Command) -> None:
+        self._select(c, readonly=False)
+
+    def _cmd_EXAMINE(self, c: p.Command) -> None:
+        self._select(c, readonly=True)
+
+    def _select(self, c: p.Command, readonly: bool) -> None:
+        assert isinstance(c.args, p.Select)
+        self._unselect()  # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected
+        folder = self._folder(c.tag, c.args.mailbox)
+        if folder is None:
+            return
+        folder.refresh()
+        if readonly:
+            recent = {m.uid for m in folder.messages if m.subdir == "new"}
+        else:
+            recent = set(folder.take_new())
+        selected = _Selected(folder, readonly, recent)
+        self.selected = selected
+        self.store.bus.subscribe(folder.key, self._on_change)
+        flags = " ".join((*SYSTEM_FLAGS, *(k for k in folder.keywords.names if k)))
+        self._send(f"* FLAGS ({flags})\r\n".encode())
+        if readonly:
+            self._send(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
+        else:
+            self._send(f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted\r\n".encode())
+        self._send(f"* {len(selected.uids)} EXISTS\r\n* {len(recent)} RECENT\r\n".encode())
+        for seq, message in enumerate(folder.messages, 1):
+            if "\\Seen" not in message.flags:
+                self._send(f"* OK [UNSEEN {seq}] First unseen\r\n".encode())
+                break
+        self._send(f"* OK [UIDVALIDITY {folder.uidvalidity}] UIDs valid\r\n".encode())
+        self._send(f"* OK [UIDNEXT {folder.uidnext}] Predicted next UID\r\n".encode())
+        mode = "READ-ONLY" if readonly else "READ-WRITE"
+        self._tagged(c.tag, "OK", f"[{mode}] {c.name} completed")
+
+    def _unselect(self) -> None:
+        if self.selected is not None:
+            self.store.bus.unsubscribe(self.selected.folder.key, self._on_change)
+            self.selected = None
+
+    def _cmd_LIST(self, c: p.Command) -> None:
+        self._list(c, subscribed_only=False)
+
+    def _cmd_LSUB(self, c: p.Command) -> None:
+        self._list(c, subscribed_only=True)
+
+    def _list(self, c: p.Command, subscribed_only: bool) -> None:
+        assert isinstance(c.args, p.ListMailboxes) and self.user is not None
+        reference, pattern = c.args.reference, c.args.pattern
+        if not pattern and not subscribed_only:
+            # RFC 3501 §6.3.8: an empty pattern asks for the delimiter.
+            self._send(f'* LIST (\\Noselect) "{DELIMITER}" ""\r\n'.encode())
+            self._tagged(c.tag, "OK", "LIST completed")
+            return
+        names = self.store.list_folders(self.user)
+        if subscribed_only:
+            subscribed = set(self._subscriptions())
+            names = [n for n in names if n in subscribed or n == "INBOX"]
+        matcher = _pattern(reference + pattern)
+        response = "LSUB" if subscribed_only else "LIST"
+        all_names = self.store.list_folders(self.user)
+        for name in names:
+            if not matcher(name):
+                continue
+            attributes = []
+            has_children = any(other.startswith(name + DELIMITER) for other in all_names)
+            attributes.append("\\HasChildren" if has_children else "\\HasNoChildren")
+            if name in SPECIAL_USE:
+                attributes.append(SPECIAL_USE[name])
+            line = f'* {response} ({" ".join(attributes)}) "{DELIMITER}" '
+            self._send(line.encode() + p.quote(name) + b"\r\n")
+        self._tagged(c.tag, "OK", f"{response} completed")
+
+    def _subscriptions(self) -> list[str]:
+        assert self.user is not None
+        path = self.store.user_path(self.user) + "/subscriptions"
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return [line.strip() for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def _cmd_STATUS(self, c: p.Command) -> None:
+        assert isinstance(c.args, p.Status)
+        folder = self._folder(c.tag, c.args.mailbox)
+        if folder is None:
+            return
+        folder.refresh()
+        values = {
+            "MESSAGES": len(folder.messages),
+            "RECENT": sum(1 for m in folder.messages if m.subdir == "new"),
+            "UIDNEXT": folder.uidnext,
+            "UIDVALIDITY": folder.uidvalidity,
+            "UNSEEN": sum(1 for m in folder.messages if "\\Seen" not in m.flags),
+            "SIZE": folder.total_size(),
+            "DELETED": sum(1 for m in folder.messages if "\\Deleted" in m.flags),
+        }
+        unsupported = [item for item in c.args.items if item not in values]
+        if unsupported:
+            self._bad(c.tag, f"Unsupported STATUS item {unsupported[0]}")
+            return
+        items = " ".join(f"{item} {values[item]}" for item in c.args.items)
+        self._send(b"* STATUS " + p.quote(folder.name) + f" ({items})\r\n".encode())
+        self._tagged(c.tag, "OK", "STATUS completed")
+
+    def _cmd_NAMESPACE(self, c: p.Command) -> None:
+        # RFC 2342: one personal namespace, no prefix, "." as the delimiter.
+        self._send(f'* NAMESPACE (("" "{DELIMITER}")) NIL NIL\r\n'.encode())
+        self._tagged(c.tag, "OK", "NAMESPACE completed")
+
+    def _cmd_IDLE(self, c: p.Command) -> None:
+        # RFC 2177: report changes at once until the client says DONE.
+        self._idle_tag = c.tag
+        self._send(b"+ idling\r\n")
+        self._updates(allow_expunge=True)
+
+    def _idle_line(self, line: bytes) -> None:
+        tag, self._idle_tag = self._idle_tag, None
+        assert tag is not None
+        if line.upper() != b"DONE":
+            self._bad(tag, "Expected DONE")
+            return
+        self._updates(allow_expunge=True)
+        self._tagged(tag, "OK", "IDLE terminated")
+
+    # Selected (RFC 3501 §6.4) ----------------------------------------------------------
+    def _cmd_CHECK(self, c: p.Command) -> None:
+        self._updates(allow_expunge=True)
+        self._tagged(c.tag, "OK", "CHECK completed")
+
+    def _cmd_CLOSE(self, c: p.Command) -> None:
+        assert self.selected is not None
+        if not self.selected.readonly:
+            # RFC 3501 §6.4.2: expunge silently.
+            self._expunge(None, report=False)
+        self._unselect()
+        self._tagged(c.tag, "OK", "CLOSE completed")
+
+    def _cmd_UNSELECT(self, c: p.Command) -> None:
+        # RFC 3691
+        self._unselect()
+        self._tagged(c.tag, "OK", "UNSELECT completed")
+
+    def _cmd_EXPUNGE(self, c: p.Command) -> None:
+        assert self.selected is not None and isinstance(c.args, p.Expunge)
+        if self.selected.readonly:
+            self._tagged(c.tag, "NO", "[READ-ONLY] Mailbox is read-only")
+            return
+        if c.uid:
+            self._bad(c.tag, "UID EXPUNGE is not supported")
+            return
+        self._expunge(None, report=True)
+        self._updates(allow_expunge=True)
+        self._tagged(c.tag, "OK", "EXPUNGE completed")
+
+    def _expunge(self, only: set[int] | None, report: bool) -> None:
+        assert self.selected is not None
+        folder = self.selected.folder
+        doomed = [
+            uid
+            for uid in self.selected.uids
+            if (m := folder.by_uid(uid)) is not None
+            and "\\Deleted" in m.flags
+            and (only is None or uid in only)
+        ]
+        self._own_change = True
+        try:
+            removed = folder.expunge(doomed)
+        finally:
+            self._own_change = False
+        for uid in removed:
+            seq = self.selected.remove(uid)
+            if report and seq is not None:
+                self._send(f"* {seq} EXPUNGE\r\n".encode())
+
+    def _messages(self, c: p.Command, sequence_set: p.SequenceSet) -> list[tuple[int, int]] | None:
+        """The (seq, uid) pairs a command addresses, or None after a BAD reply."""
+        assert self.selected is not None
+        uids = self.selected.uids
+        if c.uid:
+            top = uids[-1] if uids else 0
+            found = []
+            for lo, hi in sequence_set.resolve(top):
+                start = bisect.bisect_left(uids, lo)
+                end = bisect.bisect_right(uids, hi)
+                found.extend((i + 1, uids[i]) for i in range(start, end))
+            return found
+        ranges = sequence_set.resolve(len(uids))
+        if ranges and (ranges[-1][1] > len(uids) or not uids):
+            self._bad(c.tag, "Invalid message sequence number")
+            return None
+        return [(seq, uids[seq - 1]) for lo, hi in ranges for seq in range(lo, hi + 1)]
+
+    def _cmd_STORE(self, c: p.Command) -> None:
+        assert self.selected is not None and isinstance(c.args, p.Store)
+        if self.selected.readonly:
+            self._tagged(c.tag, "NO", "[READ-ONLY] Mailbox is read-only")
+            return
+        targets = self._messages(c, c.args.sequence_set)
+        if targets is None:
+            return
+        folder = self.selected.folder
+        change = set(c.args.flags)
+        self._own_change = True
+        try:
+            for seq, uid in targets:
+                message = folder.by_uid(uid)
+                if message is None:
+                    continue
+                if c.args.mode == "+":
+                    flags = message.flags | change
+                elif c.args.mode == "-":
+                    flags = message.flags - change
+                else:
+                    flags = frozenset(change)
+                if flags != message.flags:
+                    folder.set_flags(uid, flags)
+                if not c.args.silent:
+                    self._send(self._fetch_line(seq, uid, self._flag_items(uid, c.uid)))
+        finally:
+            self._own_change = False
+        self._updates(allow_expunge=c.uid)
+        self._tagged(c.tag, "OK", "STORE completed")
+
+    def _flag_items(self, uid: int, with_uid: bool) -> list[bytes]:
+        items = [b"FLAGS " + self._flags(uid)]
+        if with_uid:
+            items.insert(0, b"UID %d" % uid)
+        return items
+
+    def _flags(self, uid: int) -> bytes:
+        assert self.selected is not None
+        message = self.selected.folder.by_uid(uid)
+        flags = sorted(message.flags) if message else []
+        if uid in self.selected.recent:
+            flags.append("\\Recent")
+        return ("(" + " ".join(flags) + ")").encode()
+
+    def _fetch_line(self, seq: int, uid: int, items: list[bytes]) -> bytes:
+        return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
+
+    def _cmd_FETCH(self, c: p.Command) -> Job | None:
+        assert self.selected is not None and isinstance(c.args, p.Fetch)
+        targets = self._messages(c, c.args.sequence_set)
+        if targets is None:
+            return None
+        attributes = list(c.args.attributes)
+        if c.uid and not any(a.name == "UID" for a in attributes):
+            attributes.insert(0, p.FetchAtt("UID"))  # RFC 3501 §6.4.8
+        return self._fetch(c, targets, attributes)
+
+    def _fetch(
+        self, c: p.Command, targets: list[tuple[int, int]], attributes: list[p.FetchAtt]
+    ) -> Job:
+        assert self.selected is not None
+        selected = self.selected
+        folder = selected.folder
+        needs_body = any(a.name not in _INDEX_ITEMS for a in attributes)
+        sets_seen = not selected.readonly and any(a.sets_seen for a in attributes)
+        for count, (seq, uid) in enumerate(targets, 1):
+            message = folder.by_uid(uid)
+            if message is None:
+                continue  # expunged by another session, not yet reported
+            parts = None
+            if needs_body:
+                try:
+                    data = yield ReadMessage(folder, uid)
+                except (OSError, KeyError):
+                    continue
+                if self.selected is not selected:
+                    return
+                parts = MessageParts(data)
+            flags_changed = False
+            if sets_seen and "\\Seen" not in message.flags:
+                self._own_change = True
+                try:
+                    folder.set_flags(uid, message.flags | {"\\Seen"})
+                finally:
+                    self._own_change = False
+                flags_changed = True
+            items = [self._fetch_item(a, message, uid, parts) for a in attributes]
+            if flags_changed and not any(a.name == "FLAGS" for a in attributes):
+                # RFC 3501 §6.4.5: report the implicit \Seen.
+                items.append(b"FLAGS " + self._flags(uid))
+            self._send(self._fetch_line(seq, uid, items))
+            if count % FETCH_BATCH == 0:
+                yield Pause()
+                if self.selected is not selected:
+                    return
+        self._updates(allow_expunge=c.uid)
+        self._tagged(c.tag, "OK", "FETCH completed")
+
+    def _fetch_item(
+        self, att: p.FetchAtt, message: MessageInfo, uid: int, parts: MessageParts | None
+    ) -> bytes:
+        name = att.name
+        if name == "UID":
+            return b"UID %d" % uid
+        if name == "FLAGS":
+            return b"FLAGS " + self._flags(uid)
+        if name == "INTERNALDATE":
+            return b"INTERNALDATE " + format_internaldate(message.internal_date)
+        if name == "RFC822.SIZE":
+            return b"RFC822.SIZE %d" % message.size
+        assert parts is not None
+        if att.section is not None:
+            data = apply_partial(section_bytes(parts, att.section), att.partial)
+            return att.response_name().encode() + b" " + _literal(data)
+        if name == "ENVELOPE":
+            return b"ENVELOPE " + envelope(parts)
+        if name in ("BODY", "BODYSTRUCTURE"):
+            return name.encode() + b" " + bodystructure(parts, name == "BODYSTRUCTURE")
+        if name == "RFC822":
+            return b"RFC822 " + _literal(parts.whole)
+        if name == "RFC822.HEADER":
+            return b"RFC822.HEADER " + _literal(parts.header)
+        if name == "RFC822.TEXT":
+            return b"RFC822.TEXT " + _literal(parts.body)
+        raise ValueError(f"unsupported FETCH item {name}")
+
+    # Changes by others (RFC 3501 §5.2, §7.4.1) -----------------------------------------
+    def _on_change(self, change: Change) -> None:
+        selected = self.selected
+        if selected is None or self._own_change:
+            return
+        if isinstance(change, Appended):
+            selected.appended = True
+        elif isinstance(change, Expunged):
+            selected.expunged.append(change.uid)
+        elif isinstance(change, FlagsChanged):
+            selected.flags_changed.add(change.uid)
+        if self._idle_tag is not None:
+            self._updates(allow_expunge=True)
+            if self._wake is not None:
+                self._wake()
+
+    def _updates(self, allow_expunge: bool) -> None:
+        """Tell the client what others changed, as far as the moment allows."""
+        selected = self.selected
+        if selected is None:
+            return
+        if allow_expunge and selected.expunged:
+            for uid in selected.expunged:
+                seq = selected.remove(uid)
+                if seq is not None:
+                    self._send(f"* {seq} EXPUNGE\r\n".encode())
+            selected.expunged = []
+        if selected.appended:
+            selected.appended = False
+            last = selected.uids[-1] if selected.uids else 0
+            new = []
+            for message in reversed(selected.folder.messages):
+                if message.uid <= last:
+                    break
+                new.append(message.uid)
+            if new:
+                new.reverse()
+                selected.uids.extend(new)
+                if not selected.readonly:
+                    selected.recent.update(new)
+                self._send(f"* {len(selected.uids)} EXISTS\r\n".encode())
+                self._send(f"* {len(selected.recent)} RECENT\r\n".encode())
+        if selected.flags_changed:
+            for uid in sorted(selected.flags_changed):
+                seq = selected.seq_of(uid)
+                if seq is not None and selected.folder.by_uid(uid) is not None:
+                    self._send(self._fetch_line(seq, uid, self._flag_items(uid, True)))
+            selected.flags_changed = set()
+
+
+def _literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+def _tag_of(line: bytes) -> str | None:
+    tag = line.split(b" ", 1)[0]
+    try:
+        text = tag.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return text if text and text.isprintable() else None
+
+
+def _pattern(pattern: str) -> Callable[[str], bool]:
+    """RFC 3501 §6.3.8: ``*`` matches anything, ``%`` anything but the delimiter."""
+    regex = "".join(
+        ".*" if ch == "*" else f"[^{re.escape(DELIMITER)}]*" if ch == "%" else re.escape(ch)
+        for ch in pattern
+    )
+    compiled = re.compile(regex + r"\Z", re.DOTALL)
+
+    def match(name: str) -> bool:
+        if name == "INBOX":
+            return bool(compiled.match(name)) or bool(re.match(regex + r"\Z", "inbox", re.I))
+        return bool(compiled.match(name))
+
+    return match
+
+
+_INDEX_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"})
+_ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID", "LOGIN", "AUTHENTICATE"})
+_NOT_AUTHENTICATED_STATE = frozenset({"LOGIN", "AUTHENTICATE"})
+_SELECTED_STATE = frozenset({"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "STORE", "FETCH"})
+
+
+def iter_targets(targets: Iterable[tuple[int, int]]) -> list[int]:
+    return [uid for _, uid in targets]
