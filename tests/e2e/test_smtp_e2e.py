@@ -50,8 +50,10 @@ class SMTPEndToEnd(ServerTestCase):
 
     async def test_alias_subaddress_and_refusals(self) -> None:
         await self.start_server()
-        refused = await self.send(b"Subject: x\r\n\r\nhi\r\n", ["office@example.test",
-                                  "alice+news@example.test", "nobody@example.test"])
+        refused = await self.send(
+            b"Subject: x\r\n\r\nhi\r\n",
+            ["office@example.test", "alice+news@example.test", "nobody@example.test"],
+        )
         self.assertEqual(refused, {"nobody@example.test": (550, b"5.1.1 No such user here")})
         self.assertEqual(len(delivered(self.maildir(ALICE))), 1)  # one copy for alice
         self.assertEqual(len(delivered(self.maildir(BOB))), 1)
@@ -109,8 +111,18 @@ class SMTPEndToEnd(ServerTestCase):
         await self.start_server()
         result = await threads.deferToThread(
             subprocess.run,
-            ["swaks", "--server", f"127.0.0.1:{self.ports['MTA']}", "--to", ALICE,
-             "--from", "teacher@example.org", "--pipeline", "--header", "Subject: swaks"],
+            [
+                "swaks",
+                "--server",
+                f"127.0.0.1:{self.ports['MTA']}",
+                "--to",
+                ALICE,
+                "--from",
+                "teacher@example.org",
+                "--pipeline",
+                "--header",
+                "Subject: swaks",
+            ],
             capture_output=True,
             text=True,
             timeout=60,

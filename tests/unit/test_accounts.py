@@ -29,7 +29,9 @@ def test_dovecot_schemes_verify() -> None:
 def test_passwd_file_parsing(tmp_path) -> None:
     path = tmp_path / "passwd"
     path.write_text(
-        "# comment\n\nalice@Example.TEST:{PLAIN}a:1000:1000::/home/alice::\nbob@example.test:{PLAIN}b\n"
+        "# comment\n\n"
+        "alice@Example.TEST:{PLAIN}a:1000:1000::/home/alice::\n"
+        "bob@example.test:{PLAIN}b\n"
     )
     accounts = read_passwd(str(path))
     assert sorted(accounts) == ["alice@example.test", "bob@example.test"]

@@ -12,6 +12,7 @@ from mailserver.config import ConfigError, load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT = os.path.join(ROOT, "etc", "mailserver.toml")
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
 def write(tmp_path, text: str) -> str:
@@ -52,14 +53,14 @@ def test_errors_name_file_and_key(tmp_path, text: str, message: str) -> None:
 
 
 def test_missing_file() -> None:
-    with pytest.raises(ConfigError, match="/nonexistent.toml: file not found"):
+    with pytest.raises(ConfigError, match=r"/nonexistent\.toml: file not found"):
         load("/nonexistent.toml")
 
 
 def test_twistd_refuses_a_bad_file_with_one_clear_line(tmp_path) -> None:
     path = write(tmp_path, "[smtp]\nmax_recipients = 'many'\n")
     result = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "mailserver", "--config", path],
+        [TWISTD, "-n", "mailserver", "--config", path],
         capture_output=True,
         text=True,
         timeout=60,
