@@ -22,8 +22,8 @@ test-tools:
 	scripts/install-test-tools.sh
 
 lint: setup
-	$(BIN)/ruff check mailserver tests twisted bench
-	$(BIN)/ruff format --check mailserver tests twisted bench
+	$(BIN)/ruff check mailserver tests twisted
+	$(BIN)/ruff format --check mailserver tests twisted
 
 test: setup test-tools lint
 	$(BIN)/pytest -q

@@ -314,3 +314,32 @@ def test_dot_stuffed_bodies_round_trip(lines: list[bytes]) -> None:
     t.send(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
     assert t.send(stuffed + b".\r\n") == b"250 2.0.0 OK queued\r\n"
     assert b"".join(t.delivered[0].chunks[1:]) == body
+
+
+_atext = st.sampled_from(
+    list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+/=?^_`{|}~-")
+)
+_atom = st.text(_atext, min_size=1, max_size=10)
+_label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+
+
+@given(
+    st.lists(_atom, min_size=1, max_size=3).map(".".join),
+    st.lists(_label, min_size=1, max_size=4).map(".".join),
+)
+def test_valid_paths_parse_back(local: str, domain: str) -> None:
+    from mailserver.smtp.address import parse_path
+
+    path = parse_path(f"<{local}@{domain}> SIZE=10", allow_null=False)
+    assert path.address == f"{local}@{domain}"
+    assert path.params == {"SIZE": "10"}
+
+
+@given(st.text(max_size=80))
+def test_any_text_either_parses_or_raises_path_error(text: str) -> None:
+    from mailserver.smtp.address import PathError, parse_path
+
+    try:
+        parse_path(text, allow_null=True)
+    except PathError:
+        pass

@@ -1,0 +1,83 @@
+"""The Twisted glue: ordering while an effect is pending, timeouts, flow control."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from mailserver.driver import PAUSE_ABOVE, SessionProtocol
+from mailserver.smtp.reply import Reply
+from mailserver.smtp.session import CheckRecipient, DeliverMessage, SMTPLimits, SMTPSession
+
+
+def make(timeout: float | None = 300.0):  # type: ignore[no-untyped-def]
+    clock = MemoryReactorClock()
+    pending: list[tuple[object, defer.Deferred]] = []
+
+    def run(effect: object) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        pending.append((effect, d))
+        return d
+
+    session = SMTPSession("mx.test", "127.0.0.1", "s1", SMTPLimits(), "postmaster@example.test")
+    proto = SessionProtocol(session, run, timeout)
+    proto.callLater = clock.callLater  # type: ignore[method-assign]
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport, clock, pending
+
+
+def test_pipelined_commands_wait_for_a_pending_check() -> None:
+    proto, transport, _, pending = make()
+    transport.clear()
+    proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<a@example.test>\r\nNOOP\r\n")
+    out = transport.value()
+    assert out.endswith(b"250 2.1.0 Sender OK\r\n")  # NOOP waits behind the RCPT check
+    ((effect, d),) = pending
+    assert isinstance(effect, CheckRecipient)
+    transport.clear()
+    d.callback(Reply(250, "2.1.5", "OK"))
+    assert transport.value() == b"250 2.1.5 OK\r\n250 2.0.0 OK\r\n"
+
+
+def test_a_failed_effect_becomes_a_temporary_error() -> None:
+    proto, transport, _, pending = make()
+    proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<a@example.test>\r\n")
+    pending[0][1].callback(Reply(250, "2.1.5", "OK"))
+    transport.clear()
+    proto.dataReceived(b"DATA\r\nhello\r\n.\r\n")
+    effect, d = pending[1]
+    assert isinstance(effect, DeliverMessage)
+    assert transport.value() == b"354 End data with <CR><LF>.<CR><LF>\r\n"
+    transport.clear()
+    d.errback(OSError("disk full"))
+    assert transport.value() == b"451 4.3.0 Local error in processing, try again later\r\n"
+
+
+def test_idle_timeout_says_421_and_closes() -> None:
+    proto, transport, clock, _ = make(timeout=300)
+    clock.advance(299)
+    assert not transport.disconnecting
+    proto.dataReceived(b"NOOP\r\n")  # activity resets the timer
+    clock.advance(299)
+    assert not transport.disconnecting
+    clock.advance(2)
+    assert transport.value().endswith(b"421 4.4.2 mx.test Timeout, closing connection\r\n")
+    assert transport.disconnecting
+
+
+def test_reading_pauses_while_a_busy_session_has_much_buffered() -> None:
+    proto, transport, _, pending = make()
+    proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<a@example.test>\r\n")
+    proto.dataReceived(b"NOOP\r\n" * (PAUSE_ABOVE // 6 + 10))
+    assert transport.producerState == "paused"
+    pending[0][1].callback(Reply(250, "2.1.5", "OK"))
+    assert transport.producerState == "producing"
+
+
+def test_quit_closes_after_the_reply() -> None:
+    proto, transport, _, _ = make()
+    transport.clear()
+    proto.dataReceived(b"QUIT\r\nNOOP\r\n")
+    assert transport.value() == b"221 2.0.0 mx.test closing connection\r\n"
+    assert transport.disconnecting
