@@ -9,6 +9,7 @@ the directory of the configuration file.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
@@ -54,9 +55,37 @@ class AccountsConfig:
 class ListenersConfig:
     """Twisted endpoint strings (``tcp:2525:interface=127.0.0.1``), a list per service."""
 
-    smtp: tuple[str, ...] = ()
-    imap: tuple[str, ...] = ()
-    pop3: tuple[str, ...] = ()
+    smtp: tuple[str, ...] = ()  # MTA, port 25: STARTTLS offered, never AUTH
+    submission: tuple[str, ...] = ()  # MSA, port 587: STARTTLS (RFC 6409)
+    submissions: tuple[str, ...] = ()  # MSA, port 465: implicit TLS (RFC 8314)
+    imap: tuple[str, ...] = ()  # 143: STARTTLS
+    imaps: tuple[str, ...] = ()  # 993: implicit TLS
+    pop3: tuple[str, ...] = ()  # 110: STLS
+    pop3s: tuple[str, ...] = ()  # 995: implicit TLS
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """The server certificate (PEM, the file may hold the chain) and its key; both empty
+    means a development certificate made in the run directory on first start."""
+
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # Plaintext logins before TLS are refused (RFC 8314), except from loopback clients
+    # when this is true (the development default).
+    allow_plaintext_on_loopback: bool = False
+    # Failed logins from one client address: each failure delays the answer by
+    # delay_step more seconds (at most max_delay); past max_failures within
+    # failure_window seconds the address is refused for lockout seconds.
+    delay_step: float = 1.0
+    max_delay: float = 10.0
+    max_failures: int = 10
+    failure_window: float = 600.0
+    lockout: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +100,8 @@ class SMTPConfig:
     max_errors: int = 10
     # RFC 5321 §4.5.3.2.7: the server timeout should be at least 5 minutes.
     idle_timeout: float = 300.0
+    max_connections: int = 1000
+    max_connections_per_client: int = 20
 
 
 @dataclass(frozen=True)
@@ -80,6 +111,8 @@ class IMAPConfig:
     # RFC 3501 §5.4: an autologout timer must be at least 30 minutes.
     idle_timeout: float = 1800.0
     max_errors: int = 20
+    max_connections: int = 1000
+    max_connections_per_client: int = 20
 
 
 @dataclass(frozen=True)
@@ -88,6 +121,51 @@ class POP3Config:
     # RFC 1939 §3: the autologout timer must be at least 10 minutes.
     idle_timeout: float = 600.0
     max_errors: int = 10
+    max_connections: int = 1000
+    max_connections_per_client: int = 20
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """The outbound queue (mailserver/queue): mail for other domains waits and leaves here."""
+
+    # The spool directory; empty means "queue" inside [server] run_dir.
+    spool_dir: str = ""
+    # A smarthost "host:port" that takes all outbound mail, with STARTTLS and a verified
+    # certificate required; empty means delivery to the MX hosts of each domain.
+    relay_host: str = ""
+    relay_username: str = ""
+    relay_password: str = ""
+    # Or the password in a file (first line) that only the service may read (mode 0600).
+    relay_password_file: str = ""
+    # CA certificates (PEM) to verify TLS peers with; empty means the system's trust store.
+    tls_ca_file: str = ""
+    # STARTTLS towards MX hosts: "opportunistic" (RFC 3207, unverified), "verify"
+    # (required, certificate checked against the MX name) or "never".
+    mx_tls: str = "opportunistic"
+    # RFC 5321 §4.5.4: port 25; another port is for tests only.
+    mx_port: int = 25
+    # DNS servers ("192.0.2.53", "127.0.0.1:5353", "[::1]:53"); empty: /etc/resolv.conf.
+    nameservers: tuple[str, ...] = ()
+    dns_timeout: float = 10.0
+    # Retries as Postfix does them: the first after min_backoff seconds, then doubling
+    # up to max_backoff; RFC 5321 §4.5.4.1: give up after 4-5 days.
+    min_backoff: float = 300.0
+    max_backoff: float = 4000.0
+    max_lifetime: float = 5 * 86400.0
+    # A delay notice (RFC 3464 Action: delayed) after this many seconds; 0: never.
+    delay_warning: float = 4 * 3600.0
+    # How often the spool is scanned for requests from `mailserver queue`.
+    scan_interval: float = 60.0
+    # Concurrent SMTP connections, in all and per destination domain.
+    max_deliveries: int = 20
+    max_deliveries_per_domain: int = 4
+    # RFC 5321 §4.5.3.2 client timeouts, in seconds.
+    connect_timeout: float = 30.0
+    greeting_timeout: float = 300.0
+    command_timeout: float = 300.0
+    data_init_timeout: float = 120.0
+    data_end_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -98,9 +176,12 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     accounts: AccountsConfig = field(default_factory=AccountsConfig)
     listeners: ListenersConfig = field(default_factory=ListenersConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     imap: IMAPConfig = field(default_factory=IMAPConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
+    queue: QueueConfig = field(default_factory=QueueConfig)
 
     def resolve(self, path: str) -> str:
         """A path from the file, relative to the file's directory."""
@@ -115,9 +196,12 @@ SECTIONS: dict[str, type] = {
     "store": StoreConfig,
     "accounts": AccountsConfig,
     "listeners": ListenersConfig,
+    "tls": TLSConfig,
+    "auth": AuthConfig,
     "smtp": SMTPConfig,
     "imap": IMAPConfig,
     "pop3": POP3Config,
+    "queue": QueueConfig,
 }
 
 # Keys whose value must be positive.
@@ -130,6 +214,23 @@ _POSITIVE = {
     "idle_timeout",
     "max_line",
     "max_literal",
+    "max_connections",
+    "max_connections_per_client",
+    "max_failures",
+    "failure_window",
+    "mx_port",
+    "dns_timeout",
+    "min_backoff",
+    "max_backoff",
+    "max_lifetime",
+    "scan_interval",
+    "max_deliveries",
+    "max_deliveries_per_domain",
+    "connect_timeout",
+    "greeting_timeout",
+    "command_timeout",
+    "data_init_timeout",
+    "data_end_timeout",
 }
 
 
@@ -219,5 +320,39 @@ def _check(config: Config) -> None:
                 normalize_address(target)
         except BadName as e:
             raise ConfigError(f"{path}: [accounts] aliases: {e}") from None
-    if not any((config.listeners.smtp, config.listeners.imap, config.listeners.pop3)):
+    if not any(getattr(config.listeners, f.name) for f in dataclasses.fields(ListenersConfig)):
         raise ConfigError(f"{path}: [listeners]: no listener configured")
+    if bool(config.tls.cert_file) != bool(config.tls.key_file):
+        raise ConfigError(f"{path}: [tls]: cert_file and key_file go together")
+    _check_queue(path, config.queue)
+
+
+def _check_queue(path: str, queue: QueueConfig) -> None:
+    if queue.mx_tls not in ("opportunistic", "verify", "never"):
+        raise ConfigError(
+            f"{path}: [queue] mx_tls: expected opportunistic, verify or never, got {queue.mx_tls!r}"
+        )
+    if queue.relay_host:
+        host, _, port = queue.relay_host.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{path}: [queue] relay_host: expected host:port")
+    if queue.relay_password and queue.relay_password_file:
+        raise ConfigError(f"{path}: [queue] relay_password_file: give it or relay_password")
+    if queue.min_backoff > queue.max_backoff:
+        raise ConfigError(f"{path}: [queue] min_backoff: greater than max_backoff")
+    if queue.delay_warning < 0:
+        raise ConfigError(f"{path}: [queue] delay_warning: must be 0 or more")
+    for nameserver in queue.nameservers:
+        address = nameserver
+        if nameserver.startswith("["):
+            address = nameserver[1:].partition("]")[0]
+        elif nameserver.count(":") == 1:
+            address, _, port = nameserver.partition(":")
+            if not port.isdigit():
+                raise ConfigError(f"{path}: [queue] nameservers: bad port in {nameserver!r}")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(
+                f"{path}: [queue] nameservers: {nameserver!r} is not an IP address"
+            ) from None

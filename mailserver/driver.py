@@ -37,8 +37,10 @@ class SessionProtocol(Protocol, TimeoutMixin):
         run_effect: EffectRunner,
         idle_timeout: float | None,
         tls_context: Any = None,
+        on_lost: list[Callable[[], None]] | None = None,
     ) -> None:
         self.session = session
+        self.on_lost = on_lost or []
         self.run_effect = run_effect
         self.idle_timeout = idle_timeout
         self.tls_context = tls_context
@@ -67,6 +69,8 @@ class SessionProtocol(Protocol, TimeoutMixin):
         self.setTimeout(None)
         self._closing = True
         self.session.connection_lost()
+        for callback in self.on_lost:
+            callback()
 
     def timeoutConnection(self) -> None:
         if self._closing:

@@ -1,35 +1,100 @@
-"""Password logins for every protocol, through twisted.cred."""
+"""Password logins for every protocol, through twisted.cred, slowed down for guessers.
+
+Failed logins from one client address are answered progressively later (a timer on the
+reactor, never a sleep), and past a limit within a window the address is refused for a
+while without its passwords being checked at all. A successful login clears the record.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from twisted.cred import error
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.portal import Portal
-from twisted.internet import defer
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from mailserver.accounts import Directory, IMailUser, MailRealm, PasswdChecker
+from mailserver.config import AuthConfig
+
+log = Logger()
+
+
+class TooManyFailures(Exception):
+    """The client address is locked out for now: answer with a temporary error."""
+
+
+@dataclass
+class _Record:
+    failures: list[float] = field(default_factory=list)
+    locked_until: float = 0.0
+
+
+class LoginThrottle:
+    """Bookkeeping of failed logins per client address."""
+
+    def __init__(self, clock: IReactorTime, config: AuthConfig) -> None:
+        self.clock = clock
+        self.config = config
+        self._records: dict[str, _Record] = {}
+
+    def locked(self, peer: str) -> bool:
+        record = self._records.get(peer)
+        return record is not None and record.locked_until > self.clock.seconds()
+
+    def failed(self, peer: str) -> float:
+        """Note a failure; return how long to wait before answering it."""
+        now = self.clock.seconds()
+        record = self._records.setdefault(peer, _Record())
+        window_start = now - self.config.failure_window
+        record.failures = [t for t in record.failures if t > window_start] + [now]
+        if len(record.failures) >= self.config.max_failures:
+            record.locked_until = now + self.config.lockout
+        return min(self.config.delay_step * len(record.failures), self.config.max_delay)
+
+    def succeeded(self, peer: str) -> None:
+        self._records.pop(peer, None)
 
 
 class LoginService:
     """Answers 'is this user name and password right?' with the canonical address."""
 
-    def __init__(self, directory: Directory) -> None:
+    def __init__(self, directory: Directory, clock: IReactorTime, config: AuthConfig) -> None:
         self.portal = Portal(MailRealm(), [PasswdChecker(directory)])
+        self.clock = clock
+        self.throttle = LoginThrottle(clock, config)
 
     def login(self, username: str, password: str, role: str, peer: str) -> defer.Deferred:
-        """Fires with the user's canonical address, or None when the login failed.
-
-        ``role`` and ``peer`` are for the throttling of failed logins per client.
-        """
+        """Fires with the user's canonical address, or None when the login failed; fails
+        with TooManyFailures while the client address is locked out."""
+        if self.throttle.locked(peer):
+            log.warn(
+                "{role} login refused, too many failures peer={peer} user={user!r}",
+                role=role,
+                peer=peer,
+                user=username,
+            )
+            return defer.fail(TooManyFailures(peer))
         d = self.portal.login(UsernamePassword(username, password), None, IMailUser)
 
         def succeeded(result):  # type: ignore[no-untyped-def]
             _, avatar, _ = result
+            self.throttle.succeeded(peer)
             return avatar.address
 
         def failed(failure):  # type: ignore[no-untyped-def]
             failure.trap(error.UnauthorizedLogin)
-            return None
+            delay = self.throttle.failed(peer)
+            log.info(
+                "{role} login failed peer={peer} user={user!r}, answering in {delay}s",
+                role=role,
+                peer=peer,
+                user=username,
+                delay=delay,
+            )
+            return task.deferLater(self.clock, delay, lambda: None)
 
         d.addCallbacks(succeeded, failed)
         return d

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -12,18 +13,21 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailserver.accounts import Directory
-from mailserver.config import Config
+from mailserver.config import Config, ConfigError
 from mailserver.imap.protocol import IMAPFactory
 from mailserver.imap.session import IMAPLimits
 from mailserver.login import LoginService
 from mailserver.mda import MDA
+from mailserver.msa import SubmissionPolicy
 from mailserver.mta import InboundPolicy
 from mailserver.pop3.protocol import POP3Factory
-from mailserver.smtp.protocol import SMTPFactory
-from mailserver.smtp.session import SMTPLimits
+from mailserver.smtp.protocol import SMTPFactory, SMTPPolicy
+from mailserver.smtp.session import SMTPLimits, SMTPRole
 from mailserver.store.maildir import MaildirStore
+from mailserver.tls import ServerTLS, TLSConfigError, ensure_dev_certificate
 
 log = Logger()
 
@@ -99,22 +103,40 @@ class MailServer(MultiService):
             hostname=config.server.hostname,
             quota_bytes=config.store.quota_bytes,
         )
-        self.login = LoginService(self.directory)
+        self.login = LoginService(self.directory, reactor, config.auth)
         self.mda = MDA(self.store, self.directory)
+        self.tls = make_tls(config)
         self.listeners: dict[str, list[ListenerService]] = {}
         listeners = config.listeners
-        for role, descriptions, make_factory in (
-            ("MTA", listeners.smtp, self._mta_factory),
-            ("IMAP", listeners.imap, self._imap_factory),
-            ("POP3", listeners.pop3, self._pop3_factory),
+        for name, role, implicit_tls, make_factory in (
+            ("smtp", "MTA", False, self._mta_factory),
+            ("submission", "MSA", False, self._msa_factory),
+            ("submissions", "MSA", True, self._msa_factory),
+            ("imap", "IMAP", False, self._imap_factory),
+            ("imaps", "IMAP", True, self._imap_factory),
+            ("pop3", "POP3", False, self._pop3_factory),
+            ("pop3s", "POP3", True, self._pop3_factory),
         ):
-            if descriptions:
-                # One factory per role: its limits and locks span all its listeners.
-                factory = make_factory()
-                for description in descriptions:
-                    self.add_listener(role, description, factory)
+            descriptions = getattr(listeners, name)
+            if not descriptions:
+                continue
+            # One factory per listener kind: its limits and locks span all its endpoints.
+            factory = make_factory(implicit_tls)
+            if implicit_tls:
+                # RFC 8314: the TLS handshake comes first, then the protocol.
+                factory = TLSMemoryBIOFactory(self.tls, False, factory)
+            for description in descriptions:
+                self.add_listener(name, role, description, factory)
 
-    def _imap_factory(self) -> Factory:
+    def startService(self) -> None:
+        super().startService()
+        # SIGHUP re-reads the certificate and key without dropping sessions.
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.tls.reload))
+
+    def _plaintext_on_loopback(self) -> bool:
+        return self.config.auth.allow_plaintext_on_loopback
+
+    def _imap_factory(self, implicit_tls: bool) -> Factory:
         imap = self.config.imap
         limits = IMAPLimits(
             max_line=imap.max_line, max_literal=imap.max_literal, max_errors=imap.max_errors
@@ -126,35 +148,83 @@ class MailServer(MultiService):
             imap.idle_timeout,
             self.config.server.hostname,
             self.reactor,
+            imap.max_connections,
+            imap.max_connections_per_client,
         )
 
-    def _pop3_factory(self) -> Factory:
-        return POP3Factory(self.store, self.login, self.config.pop3, self.config.server.hostname)
+    def _pop3_factory(self, implicit_tls: bool) -> Factory:
+        return POP3Factory(
+            self.store,
+            self.login,
+            self.config.pop3,
+            self.config.server.hostname,
+            tls=self.tls,
+            implicit_tls=implicit_tls,
+            allow_plaintext_on_loopback=self._plaintext_on_loopback(),
+        )
 
-    def _mta_factory(self) -> Factory:
+    def _smtp_limits(self) -> SMTPLimits:
         smtp = self.config.smtp
-        limits = SMTPLimits(
+        return SMTPLimits(
             max_command_line=smtp.max_command_line,
             max_text_line=smtp.max_text_line,
             max_message_size=smtp.max_message_size,
             max_recipients=smtp.max_recipients,
             max_errors=smtp.max_errors,
         )
-        postmaster_domain = self.config.domains.local[0] if self.config.domains.local else ""
+
+    def _smtp_factory(self, role: SMTPRole, policy: SMTPPolicy) -> Factory:
+        smtp = self.config.smtp
+        domains = self.config.domains.local
+        postmaster_domain = domains[0] if domains else self.config.server.hostname
         return SMTPFactory(
-            "MTA",
+            role,
             self.config.server.hostname,
-            limits,
+            self._smtp_limits(),
             smtp.idle_timeout,
-            InboundPolicy(self.directory, self.store),
-            self.mda,
-            f"postmaster@{postmaster_domain or self.config.server.hostname}",
+            policy,
+            f"postmaster@{postmaster_domain}",
+            self.login,
+            tls=self.tls,
+            allow_plaintext_on_loopback=self._plaintext_on_loopback(),
+            max_connections=smtp.max_connections,
+            max_connections_per_client=smtp.max_connections_per_client,
         )
 
-    def add_listener(self, role: str, description: str, factory: Factory) -> None:
+    def _mta_factory(self, implicit_tls: bool) -> Factory:
+        # The MTA offers STARTTLS and never AUTH, whatever a client claims.
+        role = SMTPRole("MTA", starttls=True)
+        return self._smtp_factory(role, InboundPolicy(self.directory, self.store, self.mda))
+
+    def _msa_factory(self, implicit_tls: bool) -> Factory:
+        role = SMTPRole(
+            "MSA",
+            starttls=not implicit_tls,
+            tls_active=implicit_tls,
+            auth=True,
+            require_auth=True,
+        )
+        policy = SubmissionPolicy(self.directory, self.store, self.mda, self.config.server.hostname)
+        return self._smtp_factory(role, policy)
+
+    def add_listener(self, name: str, role: str, description: str, factory: Factory) -> None:
+        """Listen on an endpoint; ``name`` is the [listeners] key, ``role`` for the log."""
         listener = ListenerService(role, description, factory, self.reactor)
         listener.setServiceParent(self)
-        self.listeners.setdefault(role, []).append(listener)
+        self.listeners.setdefault(name, []).append(listener)
+
+
+def make_tls(config: Config) -> ServerTLS:
+    """The configured certificate, or a development one made in the run directory."""
+    if config.tls.cert_file:
+        cert, key = config.resolve(config.tls.cert_file), config.resolve(config.tls.key_file)
+    else:
+        run_dir = config.resolve(config.server.run_dir)
+        _, cert, key = ensure_dev_certificate(os.path.join(run_dir, "tls"), config.server.hostname)
+    try:
+        return ServerTLS(cert, key)
+    except TLSConfigError as e:
+        raise ConfigError(f"{config.path}: [tls]: {e}") from None
 
 
 def prepare_run_dir(config: Config) -> None:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from twisted.internet import task
 from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from mailserver.driver import SessionProtocol
 from mailserver.imap.session import IMAPLimits, IMAPSession, Pause, ReadMessage
+from mailserver.limits import LimitedFactory, SessionSpec, peer_host
 from mailserver.login import LoginService
 from mailserver.session import Authenticate, Effect
 from mailserver.store.maildir import MaildirStore
@@ -19,7 +17,9 @@ from mailserver.store.maildir import MaildirStore
 log = Logger()
 
 
-class IMAPFactory(Factory):
+class IMAPFactory(LimitedFactory):
+    refusal = b"* BYE Too many connections, try again later\r\n"
+
     def __init__(
         self,
         store: MaildirStore,
@@ -28,7 +28,10 @@ class IMAPFactory(Factory):
         idle_timeout: float,
         hostname: str,
         reactor: Any,
+        max_connections: int = 1000,
+        max_connections_per_client: int = 20,
     ) -> None:
+        super().__init__("IMAP", max_connections, max_connections_per_client)
         self.store = store
         self.login = login
         self.limits = limits
@@ -36,11 +39,9 @@ class IMAPFactory(Factory):
         self.hostname = hostname
         self.reactor = reactor
 
-    def buildProtocol(self, addr: IAddress) -> SessionProtocol:
-        session_id = secrets.token_hex(6)
-        peer = getattr(addr, "host", str(addr))
+    def build_session(self, addr: IAddress, session_id: str) -> SessionSpec:
+        peer = peer_host(addr)
         session = IMAPSession(self.hostname, session_id, self.limits, self.store)
-        log.info("IMAP connect session={session} peer={peer}", session=session_id, peer=peer)
 
         def logged(address: str | None, username: str) -> str | None:
             log.info(
@@ -63,6 +64,5 @@ class IMAPFactory(Factory):
                 return d
             raise TypeError(f"unknown effect {effect!r}")
 
-        proto = SessionProtocol(session, run, self.idle_timeout)
-        proto.factory = self
-        return proto
+        return SessionSpec(session, run, self.idle_timeout)
+

@@ -9,17 +9,15 @@ under a POP3 session answers "-ERR cannot read message".
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailserver.config import POP3Config
-from mailserver.driver import SessionProtocol
+from mailserver.limits import LimitedFactory, SessionSpec, is_loopback, peer_host
 from mailserver.login import LoginService
 from mailserver.pop3.session import (
     CommitDeletes,
@@ -35,11 +33,6 @@ from mailserver.store.maildir import Folder, MaildirStore
 
 log = Logger()
 ROLE = "POP3"
-
-
-def _peer(addr: IAddress) -> str:
-    host, port = getattr(addr, "host", None), getattr(addr, "port", None)
-    return f"{host}:{port}" if host is not None else str(addr)
 
 
 class POP3Connection:
@@ -140,22 +133,10 @@ class POP3Connection:
         self.folder = None
 
 
-class POP3Protocol(SessionProtocol):
-    """SessionProtocol that tells its POP3Connection when the connection is gone."""
-
-    def __init__(
-        self, session: POP3Session, connection: POP3Connection, idle_timeout: float
-    ) -> None:
-        super().__init__(session, connection.run, idle_timeout)
-        self.connection = connection
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        super().connectionLost(reason)
-        self.connection.connection_lost()
-
-
-class POP3Factory(Factory):
+class POP3Factory(LimitedFactory):
     """Builds one session and one POP3Connection per client."""
+
+    refusal = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
 
     def __init__(
         self,
@@ -163,17 +144,31 @@ class POP3Factory(Factory):
         login_service: LoginService,
         config: POP3Config,
         hostname: str,
+        tls: Any = None,
+        implicit_tls: bool = False,
+        allow_plaintext_on_loopback: bool = False,
     ) -> None:
+        super().__init__(ROLE, config.max_connections, config.max_connections_per_client)
+        self.implicit_tls = implicit_tls
         self.store = store
         self.login_service = login_service
         self.config = config
         self.hostname = hostname
+        self.tls = tls
+        self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
         self.locks: set[str] = set()  # addresses whose maildrop a session holds
 
-    def buildProtocol(self, addr: IAddress) -> POP3Protocol:
-        session_id = secrets.token_hex(6)
-        session = POP3Session(self.config, self.hostname, session_id)
-        connection = POP3Connection(self, session_id, _peer(addr))
-        protocol = POP3Protocol(session, connection, self.config.idle_timeout)
-        protocol.factory = self
-        return protocol
+    def build_session(self, addr: IAddress, session_id: str) -> SessionSpec:
+        peer = peer_host(addr)
+        session = POP3Session(
+            self.config,
+            self.hostname,
+            session_id,
+            allow_plaintext_login=self.allow_plaintext_on_loopback and is_loopback(peer),
+            starttls=self.tls is not None and not self.implicit_tls,
+            tls_active=self.implicit_tls,
+        )
+        connection = POP3Connection(self, session_id, peer)
+        return SessionSpec(
+            session, connection.run, self.config.idle_timeout, [connection.connection_lost]
+        )

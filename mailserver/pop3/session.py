@@ -9,6 +9,8 @@ deletes nothing.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import hashlib
 from collections import deque
@@ -18,7 +20,7 @@ from typing import Any, Protocol
 
 from twisted.python.failure import Failure
 
-from mailserver.session import Action, Authenticate, Close, Effect, Send
+from mailserver.session import Action, Authenticate, Close, Effect, Send, StartTLS
 
 CRLF = b"\r\n"
 # RFC 2449 §5: what CAPA announces, in this order (USER only while plaintext is allowed).
@@ -151,12 +153,17 @@ class POP3Session:
         hostname: str,
         session_id: str,
         allow_plaintext_login: bool = True,
+        starttls: bool = False,
+        tls_active: bool = False,
     ) -> None:
         self.max_line = limits.max_line
         self.max_errors = limits.max_errors
         self.hostname = hostname
         self.session_id = session_id
         self.allow_plaintext_login = allow_plaintext_login
+        self.starttls = starttls
+        self.tls = tls_active
+        self._sasl = False  # the next line is the client's AUTH PLAIN response
         self.state = State.AUTHORIZATION
         self.address: str | None = None
         self._user: str | None = None
@@ -171,6 +178,8 @@ class POP3Session:
             b"CAPA": (self._capa, {State.AUTHORIZATION, State.TRANSACTION}),
             b"USER": (self._user_command, {State.AUTHORIZATION}),
             b"PASS": (self._pass, {State.AUTHORIZATION}),
+            b"STLS": (self._stls, {State.AUTHORIZATION}),
+            b"AUTH": (self._auth, {State.AUTHORIZATION}),
             b"QUIT": (self._quit, {State.AUTHORIZATION, State.TRANSACTION}),
             b"STAT": (self._stat, {State.TRANSACTION}),
             b"LIST": (self._list, {State.TRANSACTION}),
@@ -240,7 +249,11 @@ class POP3Session:
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) + 2 > self.max_line:
+            self._sasl = False
             self._error("line too long")
+        elif self._sasl:
+            self._sasl = False
+            self._sasl_response(line)
         else:
             self._command(line)
         return True
@@ -301,11 +314,73 @@ class POP3Session:
         if arg is not None:
             self._error("syntax error")
             return
-        names = [c for c in CAPABILITIES if c != "USER" or self.allow_plaintext_login]
+        names = [c for c in CAPABILITIES if c != "USER" or self._login_allowed]
+        if self.starttls and not self.tls and self.state is State.AUTHORIZATION:
+            names.append("STLS")  # RFC 2595 §4
+        if self._login_allowed and self.state is State.AUTHORIZATION:
+            names.append("SASL PLAIN")  # RFC 2449 §6.3, RFC 5034
         self._listing("capability list follows", names)
 
+    @property
+    def _login_allowed(self) -> bool:
+        """RFC 8314 / RFC 2595 §2: no passwords in the clear, but for the dev default."""
+        return self.tls or self.allow_plaintext_login
+
+    def _stls(self, arg: bytes | None) -> None:
+        if arg is not None:
+            self._error("syntax error")
+            return
+        if self.tls or not self.starttls:
+            self._error("STLS not available")
+            return
+        self._ok("Begin TLS negotiation")
+        # RFC 2595 §4: discard anything sent before the handshake (no command injection)
+        # and what we learnt of the client.
+        self._buffer.clear()
+        self._user = None
+        self._actions.append(StartTLS())
+        self.tls = True
+
+    def _auth(self, arg: bytes | None) -> None:
+        # RFC 5034
+        if arg is None:
+            # The RFC 1734 form, still used by clients to list the mechanisms.
+            self._listing("SASL mechanisms follow", ["PLAIN"] if self._login_allowed else [])
+            return
+        mechanism, _, initial = arg.partition(b" ")
+        if mechanism.upper() != b"PLAIN":
+            self._error("unsupported SASL mechanism")
+            return
+        if not self._login_allowed:
+            self._error("[AUTH] plaintext authentication disallowed on non-secure connections")
+            return
+        if initial:
+            self._sasl_response(initial)
+        else:
+            self._sasl = True
+            self._send(b"+ \r\n")
+
+    def _sasl_response(self, line: bytes) -> None:
+        if line == b"*":
+            self._error("authentication cancelled")
+            return
+        try:
+            decoded = b"" if line == b"=" else base64.b64decode(line, validate=True)
+            fields = decoded.decode("utf-8").split("\0")
+        except (binascii.Error, ValueError):
+            self._error("malformed SASL response")
+            return
+        if len(fields) != 3 or not fields[1]:
+            self._error("malformed SASL PLAIN response")
+            return
+        authzid, username, password = fields
+        if authzid and authzid != username:
+            self._error("[AUTH] cannot act as another user")
+            return
+        self._effect(Authenticate(username, password), self._authenticated)
+
     def _user_command(self, arg: bytes | None) -> None:
-        if not self.allow_plaintext_login:
+        if not self._login_allowed:
             self._error("[AUTH] plaintext authentication disallowed on non-secure connections")
             return
         name = _printable(arg) if arg is not None and len(arg) <= MAX_USERNAME else None
@@ -316,7 +391,7 @@ class POP3Session:
         self._ok()
 
     def _pass(self, arg: bytes | None) -> None:
-        if not self.allow_plaintext_login:
+        if not self._login_allowed:
             self._error("[AUTH] plaintext authentication disallowed on non-secure connections")
             return
         user, self._user = self._user, None

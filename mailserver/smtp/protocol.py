@@ -2,127 +2,134 @@
 
 from __future__ import annotations
 
-import secrets
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailserver.driver import SessionProtocol
-from mailserver.session import Effect
+from mailserver.limits import LimitedFactory, SessionSpec, is_loopback, peer_host
+from mailserver.login import LoginService
+from mailserver.session import Authenticate, Effect
 from mailserver.smtp.reply import Reply
 from mailserver.smtp.session import (
     CheckRecipient,
+    CheckSender,
     DeliverMessage,
     Envelope,
     SMTPLimits,
+    SMTPRole,
     SMTPSession,
 )
 
 log = Logger()
 
 
-class RecipientPolicy(Protocol):
-    def check_recipient(self, envelope: Envelope, address: str) -> Reply | defer.Deferred: ...
+class SMTPPolicy(Protocol):
+    """Who may send what to whom, and where accepted mail goes (MTA or MSA)."""
+
+    def check_sender(self, envelope: Envelope, address: str) -> Reply: ...
+
+    def check_recipient(self, envelope: Envelope, address: str) -> Reply: ...
+
+    def deliver(self, envelope: Envelope, chunks: Sequence[bytes]) -> defer.Deferred[Reply]: ...
 
 
-class Deliverer(Protocol):
-    def deliver(
-        self, mail_from: str, recipients: list[str], chunks: Any, session_id: str
-    ) -> defer.Deferred: ...
+class SMTPFactory(LimitedFactory):
+    """Builds one session per connection for one role (MTA, or MSA on 587 or 465)."""
 
-
-def new_session_id() -> str:
-    return secrets.token_hex(6)
-
-
-def peer_host(addr: IAddress) -> str:
-    return getattr(addr, "host", str(addr))
-
-
-class SMTPFactory(Factory):
-    """Builds one SessionProtocol per connection for a role (MTA or MSA)."""
+    refusal = b"421 4.7.0 Too many connections, try again later\r\n"
 
     def __init__(
         self,
-        role: str,
+        role: SMTPRole,
         hostname: str,
         limits: SMTPLimits,
         idle_timeout: float,
-        policy: RecipientPolicy,
-        deliverer: Deliverer,
+        policy: SMTPPolicy,
         postmaster: str,
+        login: LoginService,
+        tls: Any = None,
+        allow_plaintext_on_loopback: bool = False,
+        max_connections: int = 1000,
+        max_connections_per_client: int = 20,
     ) -> None:
+        super().__init__(role.name, max_connections, max_connections_per_client)
         self.role = role
         self.hostname = hostname
         self.limits = limits
         self.idle_timeout = idle_timeout
         self.policy = policy
-        self.deliverer = deliverer
         self.postmaster = postmaster
+        self.login = login
+        self.tls = tls
+        self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
 
-    def buildProtocol(self, addr: IAddress) -> SessionProtocol:
-        session_id = new_session_id()
+    def build_session(self, addr: IAddress, session_id: str) -> SessionSpec:
         peer = peer_host(addr)
-        session = SMTPSession(self.hostname, peer, session_id, self.limits, self.postmaster)
-        log.info(
-            "{role} connect session={session} peer={peer}",
-            role=self.role,
-            session=session_id,
-            peer=peer,
+        role = self.role
+        if self.allow_plaintext_on_loopback and is_loopback(peer) and role.auth:
+            role = SMTPRole(**{**role.__dict__, "plaintext_auth": True})
+        session = SMTPSession(
+            self.hostname, peer, session_id, self.limits, self.postmaster, role=role
         )
 
         def run(effect: Effect) -> Any:
             return self.run_effect(effect, session_id, peer)
 
-        proto = SessionProtocol(session, run, self.idle_timeout)
-        proto.factory = self
-        return proto
+        return SessionSpec(session, run, self.idle_timeout)
 
     def run_effect(self, effect: Effect, session_id: str, peer: str) -> Any:
+        if isinstance(effect, CheckSender):
+            d = defer.maybeDeferred(self.policy.check_sender, effect.envelope, effect.address)
+            d.addCallback(self._logged, "mail", session_id, effect.address)
+            return d
         if isinstance(effect, CheckRecipient):
             d = defer.maybeDeferred(self.policy.check_recipient, effect.envelope, effect.address)
-            d.addCallback(self._log_rcpt, effect, session_id)
+            d.addCallback(self._logged, "rcpt", session_id, effect.address)
             return d
         if isinstance(effect, DeliverMessage):
             env = effect.envelope
-            d = defer.maybeDeferred(
-                self.deliverer.deliver, env.mail_from, env.rcpt_to, effect.chunks, session_id
-            )
-            d.addCallbacks(self._accepted, self._failed, (env,), None, (env,))
+            d = defer.maybeDeferred(self.policy.deliver, env, effect.chunks)
+            d.addErrback(self._failed, env)
+            d.addCallback(self._logged, "data", session_id, env.mail_from)
+            return d
+        if isinstance(effect, Authenticate):
+            d = self.login.login(effect.username, effect.password, self.role.name, peer)
+            d.addCallback(self._auth_logged, session_id, peer, effect.username)
             return d
         raise TypeError(f"unknown effect {effect!r}")
 
-    def _log_rcpt(self, reply: Reply, effect: CheckRecipient, session_id: str) -> Reply:
+    def _logged(self, reply: Reply, step: str, session_id: str, address: str) -> Reply:
         log.info(
-            "{role} rcpt session={session} from=<{sender}> to=<{rcpt}> result={code} {text}",
-            role=self.role,
+            "{role} {step} session={session} address=<{address}> result={code} {text}",
+            role=self.role.name,
+            step=step,
             session=session_id,
-            sender=effect.envelope.mail_from,
-            rcpt=effect.address,
+            address=address,
             code=reply.code,
             text=reply.lines()[0],
         )
         return reply
 
-    def _accepted(self, result: Any, env: Envelope) -> Reply:
+    def _auth_logged(self, address: str | None, session_id: str, peer: str, user: str) -> Any:
         log.info(
-            "{role} accepted session={session} from=<{sender}> rcpts={count}",
-            role=self.role,
-            session=env.session_id,
-            sender=env.mail_from,
-            count=len(env.rcpt_to),
+            "{role} auth {result} session={session} peer={peer} user={user!r}",
+            role=self.role.name,
+            result="ok" if address else "failed",
+            session=session_id,
+            peer=peer,
+            user=address or user,
         )
-        return Reply(250, "2.0.0", f"OK queued as {env.session_id}")
+        return address
 
     def _failed(self, failure: Failure, env: Envelope) -> Reply:
         log.failure(
             "{role} delivery failed session={session}",
             failure,
-            role=self.role,
+            role=self.role.name,
             session=env.session_id,
         )
         return Reply(451, "4.3.0", "Local error in processing, try again later")

@@ -12,6 +12,8 @@ no bare CR or LF inside DATA (the SMTP smuggling defence).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.utils
 import time
 from collections import deque
@@ -21,7 +23,7 @@ from typing import Any
 
 from twisted.python.failure import Failure
 
-from mailserver.session import Action, Close, Effect, Send
+from mailserver.session import Action, Authenticate, Close, Effect, Send, StartTLS
 from mailserver.smtp.address import DOMAIN_RE, Path, PathError, parse_path, parse_postmaster
 from mailserver.smtp.reply import OK, Reply
 
@@ -35,6 +37,18 @@ class SMTPLimits:
     max_errors: int = 10
 
 
+@dataclass(frozen=True)
+class SMTPRole:
+    """What one listener offers: the MTA on 25, the MSA on 587 (STARTTLS) and 465 (TLS)."""
+
+    name: str = "MTA"
+    starttls: bool = False  # a certificate is configured, STARTTLS can be offered
+    tls_active: bool = False  # implicit TLS (RFC 8314): the session starts encrypted
+    auth: bool = False  # AUTH is offered here (MSA only; never on the MTA)
+    require_auth: bool = False  # RFC 6409 §4.3: MAIL needs a successful AUTH first
+    plaintext_auth: bool = False  # AUTH before TLS (loopback clients in the dev default)
+
+
 @dataclass
 class Envelope:
     """What the transaction knows besides the message: who, to whom, from where."""
@@ -45,6 +59,15 @@ class Envelope:
     helo: str = ""
     peer: str = ""
     session_id: str = ""
+    auth_user: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckSender(Effect):
+    """May this (authenticated) client use this envelope sender? The result is a Reply."""
+
+    envelope: Envelope
+    address: str
 
 
 @dataclass(frozen=True)
@@ -64,6 +87,8 @@ class DeliverMessage(Effect):
 
 
 _DATA_END = b"."
+# RFC 4954 §4: AUTH command and response lines may be up to 12288 octets.
+MAX_AUTH_LINE = 12288
 
 
 class SMTPSession:
@@ -76,10 +101,15 @@ class SMTPSession:
         session_id: str,
         limits: SMTPLimits,
         postmaster: str,
+        role: SMTPRole | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.hostname = hostname
         self.postmaster = postmaster
+        self.role = role or SMTPRole()
+        self.tls = self.role.tls_active
+        self.auth_user: str | None = None
+        self._sasl: list[str] | None = None  # [mechanism, user name so far] during AUTH
         self.peer = peer
         self.session_id = session_id
         self.limits = limits
@@ -115,11 +145,18 @@ class SMTPSession:
 
     def resume(self, result: Any) -> None:
         effect, self._waiting = self._waiting, None
+        if isinstance(effect, Authenticate):
+            self._authenticated(result)
+            return
         if isinstance(result, Failure):
             reply = Reply(451, "4.3.0", "Local error in processing, try again later")
         else:
             reply = result
-        if isinstance(effect, CheckRecipient):
+        if isinstance(effect, CheckSender):
+            if reply.positive:
+                self.envelope = effect.envelope
+            self._reply(reply)
+        elif isinstance(effect, CheckRecipient):
             if reply.positive and self.envelope is not None:
                 self.envelope.rcpt_to.append(effect.address)
             self._reply(reply)
@@ -140,8 +177,9 @@ class SMTPSession:
         if self._data is not None:
             return self._step_data()
         end = self._in.find(b"\n")
+        limit = self._line_limit()
         if end < 0:
-            if len(self._in) > self.limits.max_command_line:
+            if len(self._in) > limit:
                 # RFC 5321 §4.5.3.1.4: a command line is at most 512 octets.
                 del self._in[:]
                 if not self._discarding:
@@ -155,11 +193,20 @@ class SMTPSession:
             return True
         if line.endswith(b"\r"):
             line = line[:-1]
-        if len(line) + 2 > self.limits.max_command_line:
+        if len(line) + 2 > limit:
+            self._sasl = None
             self._error(Reply(500, "5.5.2", "Line too long"))
+            return True
+        if self._sasl is not None:
+            self._sasl_response(line)
             return True
         self._command(line)
         return True
+
+    def _line_limit(self) -> int:
+        if self._sasl is not None or self._in[:5].upper() == b"AUTH ":
+            return MAX_AUTH_LINE
+        return self.limits.max_command_line
 
     def _command(self, line: bytes) -> None:
         try:
@@ -210,13 +257,116 @@ class SMTPSession:
 
     def extensions(self) -> list[str]:
         """The EHLO keywords (RFC 5321 §4.1.1.1), each one implemented by this session."""
-        return [
+        keywords = [
             "PIPELINING",  # RFC 2920
             f"SIZE {self.limits.max_message_size}",  # RFC 1870
             "8BITMIME",  # RFC 6152
             "ENHANCEDSTATUSCODES",  # RFC 2034
-            "HELP",
         ]
+        if self.role.starttls and not self.tls:
+            keywords.append("STARTTLS")  # RFC 3207
+        if self._auth_allowed():
+            keywords.append("AUTH PLAIN LOGIN")  # RFC 4954, RFC 4616
+        keywords.append("HELP")
+        return keywords
+
+    def _auth_allowed(self) -> bool:
+        return self.role.auth and (self.tls or self.role.plaintext_auth)
+
+    # STARTTLS (RFC 3207) ---------------------------------------------------------------
+    def _do_STARTTLS(self, argument: str) -> None:
+        if argument:
+            self._error(Reply(501, "5.5.4", "Syntax: STARTTLS"))
+            return
+        if self.tls:
+            self._error(Reply(503, "5.5.1", "TLS already active"))
+            return
+        if not self.role.starttls:
+            self._error(Reply(502, "5.5.1", "STARTTLS not available"))
+            return
+        self._reply(Reply(220, "2.0.0", "Ready to start TLS"))
+        # RFC 3207 §4.2: forget everything from before the handshake, including
+        # anything the client sent after STARTTLS in the clear (command injection).
+        del self._in[:]
+        self._out.append(StartTLS())
+        self.tls = True
+        self.helo, self.esmtp, self.envelope, self.auth_user = None, False, None, None
+
+    # AUTH (RFC 4954) -------------------------------------------------------------------
+    def _do_AUTH(self, argument: str) -> None:
+        if not self.role.auth:
+            self._error(Reply(503, "5.5.1", "Authentication not enabled"))
+            return
+        if not self.esmtp:
+            self._error(Reply(503, "5.5.1", "Send EHLO first"))
+            return
+        if self.auth_user is not None:
+            self._error(Reply(503, "5.5.1", "Already authenticated"))
+            return
+        if self.envelope is not None:
+            self._error(Reply(503, "5.5.1", "AUTH not allowed during a mail transaction"))
+            return
+        if not self._auth_allowed():
+            # RFC 4954 §6 / RFC 8314: no passwords over a clear connection.
+            self._error(
+                Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+            )
+            return
+        mechanism, _, initial = argument.partition(" ")
+        mechanism = mechanism.upper()
+        if mechanism not in ("PLAIN", "LOGIN"):
+            self._error(Reply(504, "5.5.4", "Unrecognized authentication type"))
+            return
+        self._sasl = [mechanism]
+        if initial:
+            self._sasl_response(initial.encode("ascii"))
+        elif mechanism == "PLAIN":
+            self._reply(Reply(334, "", ""))
+        else:
+            self._reply(Reply(334, "", "VXNlcm5hbWU6"))  # "Username:"
+
+    def _sasl_response(self, line: bytes) -> None:
+        assert self._sasl is not None
+        if line == b"*":
+            self._sasl = None
+            self._error(Reply(501, "5.0.0", "Authentication cancelled"))
+            return
+        try:
+            decoded = b"" if line == b"=" else base64.b64decode(line, validate=True)
+            text = decoded.decode("utf-8")
+        except (binascii.Error, ValueError):
+            self._sasl = None
+            self._error(Reply(501, "5.5.2", "Cannot decode the response as base64 UTF-8"))
+            return
+        mechanism = self._sasl[0]
+        if mechanism == "LOGIN" and len(self._sasl) == 1:
+            self._sasl.append(text)
+            self._reply(Reply(334, "", "UGFzc3dvcmQ6"))  # "Password:"
+            return
+        if mechanism == "LOGIN":
+            username, password = self._sasl[1], text
+        else:
+            fields = text.split("\0")
+            if len(fields) != 3:
+                self._sasl = None
+                self._error(Reply(501, "5.5.2", "PLAIN needs authzid NUL authcid NUL password"))
+                return
+            authzid, username, password = fields
+            if authzid and authzid != username:
+                self._sasl = None
+                self._reply(Reply(535, "5.7.8", "Cannot act as another user"))
+                return
+        self._sasl = None
+        self._effect(Authenticate(username, password))
+
+    def _authenticated(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            self._reply(Reply(454, "4.7.0", "Temporary authentication failure"))
+        elif result is None:
+            self._error(Reply(535, "5.7.8", "Authentication credentials invalid"))
+        else:
+            self.auth_user = result
+            self._reply(Reply(235, "2.7.0", "Authentication successful"))
 
     def _check_helo_argument(self, argument: str) -> bool:
         if not argument or not DOMAIN_RE.match(argument):
@@ -231,6 +381,9 @@ class SMTPSession:
         if self.envelope is not None:
             self._error(Reply(503, "5.5.1", "Sender already specified"))
             return
+        if self.role.require_auth and self.auth_user is None:
+            self._error(Reply(530, "5.7.0", "Authentication required"))
+            return
         if argument[:5].upper() != "FROM:":
             self._error(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
             return
@@ -243,14 +396,15 @@ class SMTPSession:
         if reply is not None:
             self._error(reply)
             return
-        self.envelope = Envelope(
+        envelope = Envelope(
             mail_from=path.address,
             params=path.params,
             helo=self.helo,
             peer=self.peer,
             session_id=self.session_id,
+            auth_user=self.auth_user,
         )
-        self._reply(Reply(250, "2.1.0", "Sender OK"))
+        self._effect(CheckSender(envelope, path.address))
 
     def _check_mail_params(self, params: dict[str, str | None]) -> Reply | None:
         if params and not self.esmtp:
@@ -263,6 +417,8 @@ class SMTPSession:
                     return Reply(501, "5.5.4", "Syntax: SIZE=<octets>")
                 if int(value) > self.limits.max_message_size:
                     return Reply(552, "5.3.4", "Message size exceeds fixed maximum")
+            elif keyword == "AUTH":
+                pass  # RFC 4954 §5: the original submitter, for relays; we keep our own
             elif keyword == "BODY":
                 # RFC 6152 §2
                 if value is None or value.upper() not in ("7BIT", "8BITMIME"):
@@ -367,7 +523,10 @@ class SMTPSession:
 
     def _received_header(self, envelope: Envelope) -> bytes:
         """RFC 5321 §4.4: the trace line this server adds."""
+        # RFC 3848: ESMTPS for TLS, ESMTPA for AUTH, ESMTPSA for both.
         protocol = "ESMTP" if self.esmtp else "SMTP"
+        if self.esmtp:
+            protocol += ("S" if self.tls else "") + ("A" if self.auth_user else "")
         recipient = f"\r\n\tfor <{envelope.rcpt_to[0]}>" if len(envelope.rcpt_to) == 1 else ""
         date = email.utils.formatdate(self.clock(), localtime=True)
         return (

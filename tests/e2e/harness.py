@@ -55,8 +55,15 @@ passwd_file = "passwd"
 
 [listeners]
 smtp = {listener("smtp")}
+submission = {listener("submission")}
+submissions = {listener("submissions")}
 imap = {listener("imap")}
+imaps = {listener("imaps")}
 pop3 = {listener("pop3")}
+pop3s = {listener("pop3s")}
+
+[auth]
+allow_plaintext_on_loopback = true
 {extra}
 """
         )

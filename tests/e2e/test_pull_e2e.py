@@ -37,7 +37,7 @@ def tool(name: str) -> str:
 
 class PushThenPull(ServerTestCase):
     def smtp_send(self, message: bytes = MESSAGE, to: str = ALICE) -> None:
-        with smtplib.SMTP("127.0.0.1", self.ports["MTA"], timeout=30) as client:
+        with smtplib.SMTP("127.0.0.1", self.ports["smtp"], timeout=30) as client:
             client.sendmail("teacher@example.org", [to], message)
 
     def stored(self, address: str = ALICE) -> bytes:
@@ -55,7 +55,7 @@ class PushThenPull(ServerTestCase):
         await self.start_server()
 
         def idle_and_send() -> list:
-            with IMAPClient("127.0.0.1", port=self.ports["IMAP"], ssl=False, timeout=30) as client:
+            with IMAPClient("127.0.0.1", port=self.ports["imap"], ssl=False, timeout=30) as client:
                 client.login(ALICE, PASSWORD)
                 client.select_folder("INBOX")
                 client.idle()
@@ -70,7 +70,7 @@ class PushThenPull(ServerTestCase):
         self.assertTrue(stored.endswith(MESSAGE))
 
         def imap_fetch() -> tuple[bytes, bytes]:
-            m = imaplib.IMAP4("127.0.0.1", self.ports["IMAP"])
+            m = imaplib.IMAP4("127.0.0.1", self.ports["imap"])
             try:
                 m.login(ALICE, PASSWORD)
                 m.select("INBOX")
@@ -87,7 +87,7 @@ class PushThenPull(ServerTestCase):
         self.assertIn(b"\\Seen", flags)
 
         def pop_retr() -> tuple[bytes, list[bytes]]:
-            p = poplib.POP3("127.0.0.1", self.ports["POP3"], timeout=30)
+            p = poplib.POP3("127.0.0.1", self.ports["pop3"], timeout=30)
             try:
                 p.user(ALICE)
                 p.pass_(PASSWORD)
@@ -110,10 +110,10 @@ class PushThenPull(ServerTestCase):
         await threads.deferToThread(self.smtp_send)
 
         def scenario() -> tuple[list, list]:
-            with IMAPClient("127.0.0.1", port=self.ports["IMAP"], ssl=False, timeout=30) as client:
+            with IMAPClient("127.0.0.1", port=self.ports["imap"], ssl=False, timeout=30) as client:
                 client.login(ALICE, PASSWORD)
                 client.select_folder("INBOX")
-                p = poplib.POP3("127.0.0.1", self.ports["POP3"], timeout=30)
+                p = poplib.POP3("127.0.0.1", self.ports["pop3"], timeout=30)
                 p.user(ALICE)
                 p.pass_(PASSWORD)
                 p.dele(1)
@@ -131,7 +131,7 @@ class PushThenPull(ServerTestCase):
         await threads.deferToThread(self.smtp_send)
 
         def read() -> dict:
-            with IMAPClient("127.0.0.1", port=self.ports["IMAP"], ssl=False, timeout=30) as client:
+            with IMAPClient("127.0.0.1", port=self.ports["imap"], ssl=False, timeout=30) as client:
                 client.login(ALICE, PASSWORD)
                 folders = [name for _, _, name in client.list_folders()]
                 client.select_folder("INBOX", readonly=True)
@@ -178,10 +178,10 @@ class PushThenPull(ServerTestCase):
             return result.stdout
 
         imap = await threads.deferToThread(
-            run, f"imap://127.0.0.1:{self.ports['IMAP']}/INBOX;UID=1"
+            run, f"imap://127.0.0.1:{self.ports['imap']}/INBOX;UID=1"
         )
         self.assertEqual(imap, stored)
-        pop = await threads.deferToThread(run, f"pop3://127.0.0.1:{self.ports['POP3']}/1")
+        pop = await threads.deferToThread(run, f"pop3://127.0.0.1:{self.ports['pop3']}/1")
         self.assertEqual(pop, stored)
 
     async def test_fetchmail_downloads_over_pop3(self) -> None:
@@ -194,7 +194,7 @@ class PushThenPull(ServerTestCase):
         rc = os.path.join(out, "fetchmailrc")
         with open(rc, "w") as f:
             f.write(
-                f"poll 127.0.0.1 port {self.ports['POP3']} proto POP3 auth password\n"
+                f"poll 127.0.0.1 port {self.ports['pop3']} proto POP3 auth password\n"
                 f'  user "{ALICE}" password "{PASSWORD}" is "{ALICE}" here\n'
                 f"  options keep sslproto '' mda \"cat > {out}/message\"\n"
             )
@@ -269,7 +269,7 @@ class MuttReads(ServerTestCase):
         await self.start_server()
 
         def send() -> None:
-            with smtplib.SMTP("127.0.0.1", self.ports["MTA"], timeout=30) as client:
+            with smtplib.SMTP("127.0.0.1", self.ports["smtp"], timeout=30) as client:
                 client.sendmail(
                     "teacher@example.org",
                     [ALICE],
@@ -282,7 +282,7 @@ class MuttReads(ServerTestCase):
         rc = os.path.join(home, "muttrc")
         with open(rc, "w") as f:
             f.write(
-                f'set folder="imap://127.0.0.1:{self.ports["IMAP"]}/"\n'
+                f'set folder="imap://127.0.0.1:{self.ports["imap"]}/"\n'
                 'set spoolfile="+INBOX"\n'
                 f'set imap_user="{ALICE}"\nset imap_pass="{PASSWORD}"\n'
                 "set ssl_starttls=no\nset ssl_force_tls=no\nset imap_passive=no\n"

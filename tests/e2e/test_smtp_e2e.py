@@ -34,7 +34,7 @@ def body_of(stored: bytes) -> bytes:
 class SMTPEndToEnd(ServerTestCase):
     def send(self, message: bytes, to: list[str], sender: str = "someone@example.org") -> dict:
         def go() -> dict:
-            with smtplib.SMTP("127.0.0.1", self.ports["MTA"], timeout=30) as client:
+            with smtplib.SMTP("127.0.0.1", self.ports["smtp"], timeout=30) as client:
                 return client.sendmail(sender, to, message)
 
         return threads.deferToThread(go)
@@ -72,7 +72,7 @@ class SMTPEndToEnd(ServerTestCase):
         self.assertGreater(len(message), 10 * 1024 * 1024)
 
         def go() -> None:
-            with smtplib.SMTP("127.0.0.1", self.ports["MTA"], timeout=60) as client:
+            with smtplib.SMTP("127.0.0.1", self.ports["smtp"], timeout=60) as client:
                 client.ehlo()
                 self.assertIn("8bitmime", client.esmtp_features)
                 client.sendmail("s@example.org", [ALICE], message, mail_options=["BODY=8BITMIME"])
@@ -85,7 +85,7 @@ class SMTPEndToEnd(ServerTestCase):
         await self.start_server()
 
         def go() -> bytes:
-            with socket.create_connection(("127.0.0.1", self.ports["MTA"]), timeout=30) as s:
+            with socket.create_connection(("127.0.0.1", self.ports["smtp"]), timeout=30) as s:
                 f = s.makefile("rb")
                 f.readline()
                 s.sendall(b"EHLO client.example\r\n")
@@ -114,7 +114,7 @@ class SMTPEndToEnd(ServerTestCase):
             [
                 "swaks",
                 "--server",
-                f"127.0.0.1:{self.ports['MTA']}",
+                f"127.0.0.1:{self.ports['smtp']}",
                 "--to",
                 ALICE,
                 "--from",

@@ -7,7 +7,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from mailserver.driver import PAUSE_ABOVE, SessionProtocol
 from mailserver.smtp.reply import Reply
-from mailserver.smtp.session import CheckRecipient, DeliverMessage, SMTPLimits, SMTPSession
+from mailserver.smtp.session import (
+    CheckRecipient,
+    CheckSender,
+    DeliverMessage,
+    SMTPLimits,
+    SMTPSession,
+)
 
 
 def make(timeout: float | None = 300.0):  # type: ignore[no-untyped-def]
@@ -31,9 +37,12 @@ def test_pipelined_commands_wait_for_a_pending_check() -> None:
     proto, transport, _, pending = make()
     transport.clear()
     proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<a@example.test>\r\nNOOP\r\n")
+    ((effect, d),) = pending
+    assert isinstance(effect, CheckSender)
+    d.callback(Reply(250, "2.1.0", "Sender OK"))
     out = transport.value()
     assert out.endswith(b"250 2.1.0 Sender OK\r\n")  # NOOP waits behind the RCPT check
-    ((effect, d),) = pending
+    effect, d = pending[1]
     assert isinstance(effect, CheckRecipient)
     transport.clear()
     d.callback(Reply(250, "2.1.5", "OK"))
@@ -43,10 +52,11 @@ def test_pipelined_commands_wait_for_a_pending_check() -> None:
 def test_a_failed_effect_becomes_a_temporary_error() -> None:
     proto, transport, _, pending = make()
     proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<a@example.test>\r\n")
-    pending[0][1].callback(Reply(250, "2.1.5", "OK"))
+    pending[0][1].callback(Reply(250, "2.1.0", "OK"))
+    pending[1][1].callback(Reply(250, "2.1.5", "OK"))
     transport.clear()
     proto.dataReceived(b"DATA\r\nhello\r\n.\r\n")
-    effect, d = pending[1]
+    effect, d = pending[2]
     assert isinstance(effect, DeliverMessage)
     assert transport.value() == b"354 End data with <CR><LF>.<CR><LF>\r\n"
     transport.clear()
@@ -71,7 +81,9 @@ def test_reading_pauses_while_a_busy_session_has_much_buffered() -> None:
     proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<a@example.test>\r\n")
     proto.dataReceived(b"NOOP\r\n" * (PAUSE_ABOVE // 6 + 10))
     assert transport.producerState == "paused"
-    pending[0][1].callback(Reply(250, "2.1.5", "OK"))
+    pending[0][1].callback(Reply(250, "2.1.0", "OK"))
+    assert transport.producerState == "paused"  # now the RCPT check is pending
+    pending[1][1].callback(Reply(250, "2.1.5", "OK"))
     assert transport.producerState == "producing"
 
 

@@ -76,7 +76,13 @@ class POP3ProtocolTests(unittest.TestCase):
         self.addCleanup(shutil.rmtree, root)
         self.store = MaildirStore(root, hostname=HOST)
         self.folder = self.store.folder(ALICE)
-        self.factory = POP3Factory(self.store, FakeLogin(), POP3Config(), HOST)  # type: ignore[arg-type]
+        self.factory = POP3Factory(
+            self.store,
+            FakeLogin(),  # type: ignore[arg-type]
+            POP3Config(),
+            HOST,
+            allow_plaintext_on_loopback=True,
+        )
         self.events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
@@ -124,6 +130,7 @@ class POP3ProtocolTests(unittest.TestCase):
         total = size + len(MESSAGE)
         assert results["welcome"] == b"+OK mx.example.test POP3 ready"
         assert set(results["capa"]) == {
+            "SASL",
             "USER",
             "TOP",
             "UIDL",
@@ -284,7 +291,7 @@ class POP3ProtocolTests(unittest.TestCase):
         client.drop()
         assert self.pop3_events() == ["login", "login", "retr", "dele"]
         ours = [e for e in self.events if e.get("log_namespace") == "mailserver.pop3.protocol"]
-        assert [e["peer"] for e in ours] == ["127.0.0.1:40005"] + ["127.0.0.1:40006"] * 3
+        assert [e["peer"] for e in ours] == ["127.0.0.1"] * 4
         assert ours[0]["log_format"].startswith("{role} login failed")
         assert ours[1]["user"] == ALICE
         assert ours[2]["size"] == len(MESSAGE)

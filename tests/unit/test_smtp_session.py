@@ -8,9 +8,16 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailserver.session import Close, Effect, Send
+from mailserver.session import Authenticate, Close, Effect, Send, StartTLS
 from mailserver.smtp.reply import Reply
-from mailserver.smtp.session import CheckRecipient, DeliverMessage, SMTPLimits, SMTPSession
+from mailserver.smtp.session import (
+    CheckRecipient,
+    CheckSender,
+    DeliverMessage,
+    SMTPLimits,
+    SMTPRole,
+    SMTPSession,
+)
 
 HOST = "mx.example.test"
 LOCAL = {"alice@example.test", "bob@example.test", "postmaster@example.test"}
@@ -19,15 +26,17 @@ LOCAL = {"alice@example.test", "bob@example.test", "postmaster@example.test"}
 class Transcript:
     """Runs a session the way the driver does, with policy decisions made in memory."""
 
-    def __init__(self, limits: SMTPLimits | None = None) -> None:
+    def __init__(self, limits: SMTPLimits | None = None, role: SMTPRole | None = None) -> None:
         self.session = SMTPSession(
             HOST,
             "192.0.2.7",
             "sid1",
             limits or SMTPLimits(),
             "postmaster@example.test",
+            role=role,
             clock=lambda: 1_700_000_000.0,
         )
+        self.tls_started = 0
         self.delivered: list[DeliverMessage] = []
         self.closed = False
         self.deliver_result: Callable[[DeliverMessage], Any] = lambda e: Reply(
@@ -35,6 +44,14 @@ class Transcript:
         )
 
     def run_effect(self, effect: Effect) -> Any:
+        if isinstance(effect, Authenticate):
+            if effect.password == "secret":
+                return effect.username
+            return None
+        if isinstance(effect, CheckSender):
+            if effect.envelope.auth_user and effect.address != effect.envelope.auth_user:
+                return Reply(553, "5.7.1", "Sender address not owned by user")
+            return Reply(250, "2.1.0", "Sender OK")
         if isinstance(effect, CheckRecipient):
             if effect.address in LOCAL:
                 return Reply(250, "2.1.5", "Recipient OK")
@@ -54,13 +71,15 @@ class Transcript:
                 out.append(action.data)
             elif isinstance(action, Close):
                 self.closed = True
+            elif isinstance(action, StartTLS):
+                self.tls_started += 1
             else:
                 self.session.resume(self.run_effect(action))
         return b"".join(out)
 
 
-def started(limits: SMTPLimits | None = None) -> Transcript:
-    t = Transcript(limits)
+def started(limits: SMTPLimits | None = None, role: SMTPRole | None = None) -> Transcript:
+    t = Transcript(limits, role)
     assert t.drain() == b"220 mx.example.test ESMTP mailserver ready\r\n"
     return t
 

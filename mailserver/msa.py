@@ -1,0 +1,111 @@
+"""The MSA's policy (RFC 6409): authenticated users send to anyone, as themselves only.
+
+The login must own the envelope sender and every address in the From header (an alias
+that delivers to the user counts as theirs). Messages get a Message-ID and a Date when
+they lack one (RFC 6409 §8.3, §8.2). Local recipients go to the MDA, remote ones to the
+outbound queue; the 250 comes once every copy is durable.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import secrets
+from collections.abc import Sequence
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Protocol
+
+from twisted.internet import defer
+
+from mailserver.accounts import Directory
+from mailserver.mda import MDA
+from mailserver.mta import RECIPIENT_OK, SENDER_OK, accepted, check_local_recipient, domain_of
+from mailserver.smtp.reply import Reply
+from mailserver.smtp.session import Envelope
+from mailserver.store.maildir import MaildirStore
+
+
+class OutboundQueue(Protocol):
+    def enqueue(
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        chunks: Sequence[bytes],
+        params: dict[str, str | None],
+    ) -> defer.Deferred[str]: ...
+
+
+class SubmissionPolicy:
+    def __init__(
+        self,
+        directory: Directory,
+        store: MaildirStore,
+        mda: MDA,
+        hostname: str,
+        queue: OutboundQueue | None = None,
+    ) -> None:
+        self.directory = directory
+        self.store = store
+        self.mda = mda
+        self.hostname = hostname
+        self.queue = queue
+
+    def owns(self, user: str, address: str) -> bool:
+        mailboxes = self.directory.resolve(address) or []
+        return user.lower() in (m.lower() for m in mailboxes)
+
+    def check_sender(self, envelope: Envelope, address: str) -> Reply:
+        user = envelope.auth_user
+        if user is None:
+            return Reply(530, "5.7.0", "Authentication required")
+        if not address or not self.owns(user, address):
+            return Reply(553, "5.7.1", "Sender address not owned by user")
+        return SENDER_OK
+
+    def check_recipient(self, envelope: Envelope, address: str) -> Reply:
+        domain = domain_of(address)
+        if domain is None:
+            return Reply(550, "5.1.3", "Bad recipient address")
+        if self.directory.is_local_domain(domain):
+            return check_local_recipient(self.directory, self.store, address)
+        if self.queue is None:
+            return Reply(451, "4.3.0", "Mail for other domains cannot be queued yet, try later")
+        return RECIPIENT_OK
+
+    def deliver(self, envelope: Envelope, chunks: Sequence[bytes]) -> defer.Deferred[Reply]:
+        trace, *message = chunks
+        headers = BytesHeaderParser(policy=compat32).parsebytes(header_bytes(message))
+        user = envelope.auth_user or ""
+        senders = email.utils.getaddresses(headers.get_all("From", []))
+        if not senders or not all(self.owns(user, address) for _, address in senders):
+            return defer.succeed(
+                Reply(550, "5.7.1", "From header not owned by authenticated user")
+            )
+        added = b""
+        if headers.get("Message-ID") is None:
+            added += f"Message-ID: <{secrets.token_hex(12)}@{self.hostname}>\r\n".encode()
+        if headers.get("Date") is None:
+            added += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
+        parts = (trace, added, *message) if added else tuple(chunks)
+        local = [r for r in envelope.rcpt_to if self.directory.is_local_domain(domain_of(r) or "")]
+        remote = [r for r in envelope.rcpt_to if r not in local]
+        copies = []
+        if local:
+            copies.append(self.mda.deliver(envelope.mail_from, local, parts, envelope.session_id))
+        if remote:
+            assert self.queue is not None
+            copies.append(self.queue.enqueue(envelope.mail_from, remote, parts, envelope.params))
+        d = defer.gatherResults(copies, consumeErrors=True)
+        d.addCallback(lambda _: accepted(envelope))
+        return d
+
+
+def header_bytes(chunks: Sequence[bytes]) -> bytes:
+    """The header section of a message given in chunks, without reading the rest."""
+    seen = b""
+    for chunk in chunks:
+        seen += chunk
+        end = seen.find(b"\r\n\r\n")
+        if end >= 0:
+            return seen[: end + 2]
+    return seen
