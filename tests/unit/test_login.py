@@ -1,0 +1,78 @@
+"""Login throttling driven by a fake clock: progressive delays, lock-out, reset."""
+
+from __future__ import annotations
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial import unittest
+
+from mailserver.accounts import Directory
+from mailserver.config import AuthConfig
+from mailserver.login import LoginService, TooManyFailures
+
+
+class FakeThreadsDirectory(Directory):
+    """The passwd-file directory, with the hash check answered at once (no thread)."""
+
+    def check_password(self, address, password):  # type: ignore[no-untyped-def]
+        from twisted.internet import defer
+
+        account = self.account(address)
+        ok = account is not None and account.password_hash == "{PLAIN}" + password
+        return defer.succeed(account.address if ok else None)
+
+
+class ThrottleTests(unittest.TestCase):
+    def setUp(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("alice@example.test:{PLAIN}secret\n")
+        self.clock = MemoryReactorClock()
+        config = AuthConfig(
+            delay_step=1.0, max_delay=3.0, max_failures=4, failure_window=60, lockout=300
+        )
+        self.service = LoginService(
+            FakeThreadsDirectory(("example.test",), path), self.clock, config
+        )
+
+    def attempt(self, password: str, peer: str = "192.0.2.1") -> list:
+        results: list = []
+        d = self.service.login("alice@example.test", password, "IMAP", peer)
+        d.addBoth(results.append)
+        return results
+
+    def test_failures_are_answered_later_and_later(self) -> None:
+        for expected_delay in (1.0, 2.0, 3.0):
+            results = self.attempt("wrong")
+            self.clock.advance(expected_delay - 0.01)
+            self.assertEqual(results, [])
+            self.clock.advance(0.02)
+            self.assertEqual(results, [None])
+
+    def test_lockout_after_too_many_failures_then_it_expires(self) -> None:
+        for _ in range(4):
+            self.attempt("wrong")
+            self.clock.advance(5)
+        results = self.attempt("secret")  # even the right password is not checked now
+        self.assertTrue(results[0].check(TooManyFailures))
+        other = self.attempt("secret", peer="192.0.2.2")  # other clients are not affected
+        self.assertEqual(other, ["alice@example.test"])
+        self.clock.advance(300)
+        self.assertEqual(self.attempt("secret"), ["alice@example.test"])
+
+    def test_success_resets_the_count(self) -> None:
+        for _ in range(3):
+            self.attempt("wrong")
+            self.clock.advance(5)
+        self.assertEqual(self.attempt("secret"), ["alice@example.test"])
+        results = self.attempt("wrong")
+        self.clock.advance(1.01)  # back to the first delay
+        self.assertEqual(results, [None])
+
+    def test_old_failures_leave_the_window(self) -> None:
+        for _ in range(3):
+            self.attempt("wrong")
+            self.clock.advance(61)
+        results = self.attempt("wrong")
+        self.clock.advance(1.01)
+        self.assertEqual(results, [None])
+        self.assertEqual(self.attempt("secret"), ["alice@example.test"])
