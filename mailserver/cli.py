@@ -17,6 +17,7 @@ from mailserver.accounts import (
 )
 from mailserver.config import ConfigError, load
 from mailserver.names import BadName, normalize_address
+from mailserver.queue import cli as queue_cli
 
 DEFAULT_CONFIG = "etc/mailserver.toml"
 
@@ -40,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     listing = user_commands.add_parser("list", help="list the users")
     listing.add_argument("--config", default=DEFAULT_CONFIG)
 
+    queue_cli.add_parser(commands, DEFAULT_CONFIG)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
             return check_config(args.config)
+        if args.command == "queue":
+            return queue_cli.run(args)
         return user_command(args)
     except (ConfigError, PasswdFileError, BadName) as e:
         print(f"mailserver: {e}", file=sys.stderr)

@@ -81,26 +81,35 @@ class LimitedFactory(Factory):
             total >= self.max_connections
             or self.connections[peer] >= self.max_connections_per_client
         ):
-            log.warn("{role} refused connection from {peer}: too many connections",
-                     role=self.role, peer=peer)
+            log.warn(
+                "{role} refused connection from {peer}: too many connections",
+                role=self.role,
+                peer=peer,
+            )
             refuse = Refuse(self.refusal)
             refuse.factory = self
             return refuse
         session_id = new_session_id()
         spec = self.build_session(addr, session_id)
         self.connections[peer] += 1
-        log.info("{role} connect session={session} peer={peer}", role=self.role,
-                 session=session_id, peer=peer)
+        log.info(
+            "{role} connect session={session} peer={peer}",
+            role=self.role,
+            session=session_id,
+            peer=peer,
+        )
 
         def release() -> None:
             self.connections[peer] -= 1
             if self.connections[peer] <= 0:
                 del self.connections[peer]
-            log.info("{role} disconnect session={session}", role=self.role,
-                     session=session_id)
+            log.info("{role} disconnect session={session}", role=self.role, session=session_id)
 
         proto = SessionProtocol(
-            spec.session, spec.run_effect, spec.idle_timeout, tls_context=self.tls,
+            spec.session,
+            spec.run_effect,
+            spec.idle_timeout,
+            tls_context=self.tls,
             on_lost=[release, *spec.on_lost],
         )
         proto.factory = self

@@ -78,9 +78,7 @@ class SubmissionPolicy:
         user = envelope.auth_user or ""
         senders = email.utils.getaddresses(headers.get_all("From", []))
         if not senders or not all(self.owns(user, address) for _, address in senders):
-            return defer.succeed(
-                Reply(550, "5.7.1", "From header not owned by authenticated user")
-            )
+            return defer.succeed(Reply(550, "5.7.1", "From header not owned by authenticated user"))
         added = b""
         if headers.get("Message-ID") is None:
             added += f"Message-ID: <{secrets.token_hex(12)}@{self.hostname}>\r\n".encode()

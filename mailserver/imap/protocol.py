@@ -65,4 +65,3 @@ class IMAPFactory(LimitedFactory):
             raise TypeError(f"unknown effect {effect!r}")
 
         return SessionSpec(session, run, self.idle_timeout)
-

@@ -17,7 +17,7 @@ import binascii
 import bisect
 import re
 from collections import deque
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +83,7 @@ class _Selected:
         self.expunged: list[int] = []  # by others, not yet told to the client
         self.flags_changed: set[int] = set()
         self.appended = False
+        self.keywords = folder_keywords(folder)  # as last told in a FLAGS response
 
     def seq_of(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)
@@ -122,11 +123,15 @@ class IMAPSession:
         self._errors = 0
         self._pieces: list[bytes] = []  # the command being framed
         self._literal_left = 0  # octets of a literal still to read
-        self._literal_total = 0
+        self._literal_total = 0  # octets of the command's literals so far
+        self._line_total = 0  # octets of the command's lines so far (literals excluded)
         self._discarding = False
         self._idle_tag: str | None = None
         self._sasl_tag: str | None = None
-        self._own_change = False
+        # Changes this session is making right now: the bus announces them to us too,
+        # but the client hears of them in the command's own responses.
+        self._own_flags: set[int] = set()
+        self._own_expunges: set[int] = set()
         self._wake: Callable[[], None] | None = None
         self._send(
             b"* OK [CAPABILITY "
@@ -197,6 +202,7 @@ class IMAPSession:
             "UNSELECT",
             "NAMESPACE",
             "ID",
+            "CHILDREN",  # RFC 3348: LIST answers carry \HasChildren / \HasNoChildren
             "SPECIAL-USE",
         ]
         if self.user is None:
@@ -238,13 +244,15 @@ class IMAPSession:
             self._pieces.append(b"")
             return True
         end = self._in.find(b"\n")
+        # The command's lines together (literals aside) must fit in max_line, so that a
+        # command made of endless empty literals cannot grow without bound either.
+        room = self.limits.max_line - self._line_total
         if end < 0:
-            if len(self._in) > self.limits.max_line:
-                del self._in[:]
+            if len(self._in) > room:
                 if not self._discarding:
+                    self._line_too_long(bytes(self._in[:room]))
                     self._discarding = True
-                    self._pieces = []
-                    self._bad(None, "Line too long")
+                del self._in[:]
             return False
         line = bytes(self._in[:end])
         del self._in[: end + 1]
@@ -253,9 +261,8 @@ class IMAPSession:
         if self._discarding:
             self._discarding = False
             return True
-        if len(line) > self.limits.max_line:
-            self._pieces = []
-            self._bad(None, "Line too long")
+        if len(line) > room:
+            self._line_too_long(line)
             return True
         if self._idle_tag is not None:
             self._idle_line(line)
@@ -264,6 +271,7 @@ class IMAPSession:
             tag, self._sasl_tag = self._sasl_tag, None
             self._job, self._job_tag = self._authenticate_response(tag, line), tag
             return True
+        self._line_total += len(line)
         if self._pieces:
             self._pieces[-1] += line
         else:
@@ -271,34 +279,56 @@ class IMAPSession:
         try:
             literal = p.literal_at_end(line)
         except p.ParseError as e:
-            self._pieces = []
+            self._reset_command()
             self._bad(e.tag, e.message)
             return True
         if literal is None:
-            pieces, self._pieces, self._literal_total = self._pieces, [], 0
+            pieces = self._pieces
+            self._reset_command()
             self._dispatch(pieces)
             return True
         size, nonsync = literal
         self._literal_total += size
         if self._literal_total > self.limits.max_literal:
             tag = _tag_of(self._pieces[0])
-            self._pieces, self._literal_total = [], 0
+            self._reset_command()
             if nonsync:
-                # RFC 7888 §4: a too-big non-synchronizing literal ends the connection.
+                # RFC 7888 §4: a too-big non-synchronizing literal ends the connection
+                # (its octets are already on their way and cannot be told apart).
                 self._send(b"* BYE [TOOBIG] Literal too big\r\n")
                 self._close()
             else:
                 # RFC 7888 §4 / RFC 9051 §7.1: refuse before the client sends it.
                 self._send(f"{tag or '*'} NO [TOOBIG] Literal too big\r\n".encode())
             return True
-        self._pieces.append(b"")
-        self._literal_left = size
         if not nonsync:
+            # RFC 3501 §7.5: ask for a synchronizing literal.
             self._send(b"+ Ready for literal data\r\n")
+        self._pieces.append(b"")  # the literal's octets go here
+        self._literal_left = size
         if size == 0:
-            self._literal_left = 0
             self._pieces.append(b"")
         return True
+
+    def _reset_command(self) -> None:
+        self._pieces = []
+        self._literal_total = 0
+        self._line_total = 0
+
+    def _line_too_long(self, start: bytes) -> None:
+        """BAD for an over-long line; the rest of it is discarded (``start`` is its head).
+
+        An IDLE or an AUTHENTICATE exchange waiting for this line ends with it.
+        """
+        if self._idle_tag is not None:
+            tag: str | None = self._idle_tag
+            self._idle_tag = None
+        elif self._sasl_tag is not None:
+            tag, self._sasl_tag = self._sasl_tag, None
+        else:
+            tag = _tag_of(self._pieces[0] if self._pieces else start)
+        self._reset_command()
+        self._bad(tag, "Line too long")
 
     def _dispatch(self, pieces: list[bytes]) -> None:
         try:
@@ -320,7 +350,12 @@ class IMAPSession:
         elif command.name in _NOT_AUTHENTICATED_STATE and self.user is not None:
             self._bad(command.tag, "Already logged in")
             return
-        job = handler(command)
+        try:
+            job = handler(command)
+        except Exception as e:
+            # A failure outside the command's control (a disk error): fail it alone.
+            self._tagged(command.tag, "NO", f"[SERVERBUG] {type(e).__name__}")
+            return
         if job is not None:
             self._job, self._job_tag = job, command.tag
 
@@ -330,6 +365,8 @@ class IMAPSession:
         self._tagged(c.tag, "OK", "CAPABILITY completed")
 
     def _cmd_NOOP(self, c: p.Command) -> None:
+        # RFC 3501 §6.1.2: NOOP is the client's poll for new mail.
+        self._refresh()
         self._updates(allow_expunge=True)
         self._tagged(c.tag, "OK", "NOOP completed")
 
@@ -385,7 +422,12 @@ class IMAPSession:
         except UnicodeDecodeError:
             self._tagged(tag, "NO", "[AUTHENTICATIONFAILED] Invalid credentials")
             return
-        address = yield Authenticate(username, secret)
+        try:
+            address = yield Authenticate(username, secret)
+        except Exception:
+            # RFC 5530: the account directory could not be asked.
+            self._tagged(tag, "NO", "[UNAVAILABLE] Cannot check credentials now")
+            return
         if address is None:
             # RFC 5530 response code.
             self._tagged(tag, "NO", "[AUTHENTICATIONFAILED] Invalid credentials")
@@ -410,6 +452,10 @@ class IMAPSession:
 
     def _select(self, c: p.Command, readonly: bool) -> None:
         assert isinstance(c.args, p.Select)
+        if c.args.condstore:
+            # RFC 7162 §3.1.8 select parameter; CONDSTORE is not advertised.
+            self._bad(c.tag, "CONDSTORE is not supported")
+            return
         self._unselect()  # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected
         folder = self._folder(c.tag, c.args.mailbox)
         if folder is None:
@@ -422,12 +468,7 @@ class IMAPSession:
         selected = _Selected(folder, readonly, recent)
         self.selected = selected
         self.store.bus.subscribe(folder.key, self._on_change)
-        flags = " ".join((*SYSTEM_FLAGS, *(k for k in folder.keywords.names if k)))
-        self._send(f"* FLAGS ({flags})\r\n".encode())
-        if readonly:
-            self._send(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
-        else:
-            self._send(f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted\r\n".encode())
+        self._send_flags(selected)
         self._send(f"* {len(selected.uids)} EXISTS\r\n* {len(recent)} RECENT\r\n".encode())
         for seq, message in enumerate(folder.messages, 1):
             if "\\Seen" not in message.flags:
@@ -437,6 +478,15 @@ class IMAPSession:
         self._send(f"* OK [UIDNEXT {folder.uidnext}] Predicted next UID\r\n".encode())
         mode = "READ-ONLY" if readonly else "READ-WRITE"
         self._tagged(c.tag, "OK", f"[{mode}] {c.name} completed")
+
+    def _send_flags(self, selected: _Selected) -> None:
+        """The FLAGS and PERMANENTFLAGS responses (RFC 3501 §7.2.6, §7.1)."""
+        flags = " ".join((*SYSTEM_FLAGS, *selected.keywords))
+        self._send(f"* FLAGS ({flags})\r\n".encode())
+        if selected.readonly:
+            self._send(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
+        else:
+            self._send(f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted\r\n".encode())
 
     def _unselect(self) -> None:
         if self.selected is not None:
@@ -517,6 +567,7 @@ class IMAPSession:
         # RFC 2177: report changes at once until the client says DONE.
         self._idle_tag = c.tag
         self._send(b"+ idling\r\n")
+        self._refresh()
         self._updates(allow_expunge=True)
 
     def _idle_line(self, line: bytes) -> None:
@@ -530,6 +581,7 @@ class IMAPSession:
 
     # Selected (RFC 3501 §6.4) ----------------------------------------------------------
     def _cmd_CHECK(self, c: p.Command) -> None:
+        self._refresh()
         self._updates(allow_expunge=True)
         self._tagged(c.tag, "OK", "CHECK completed")
 
@@ -547,15 +599,18 @@ class IMAPSession:
         self._tagged(c.tag, "OK", "UNSELECT completed")
 
     def _cmd_EXPUNGE(self, c: p.Command) -> None:
-        assert self.selected is not None and isinstance(c.args, p.Expunge)
+        assert self.selected is not None
+        if c.uid:
+            # RFC 4315 §2.1 needs UIDPLUS, which is not advertised.
+            self._bad(c.tag, "UID EXPUNGE is not supported")
+            return
         if self.selected.readonly:
             self._tagged(c.tag, "NO", "[READ-ONLY] Mailbox is read-only")
             return
-        if c.uid:
-            self._bad(c.tag, "UID EXPUNGE is not supported")
-            return
-        self._expunge(None, report=True)
+        # Bring the view up to date first, so that every message marked \Deleted (also
+        # one that arrived since) goes, and each EXPUNGE refers to the client's numbering.
         self._updates(allow_expunge=True)
+        self._expunge(None, report=True)
         self._tagged(c.tag, "OK", "EXPUNGE completed")
 
     def _expunge(self, only: set[int] | None, report: bool) -> None:
@@ -568,11 +623,11 @@ class IMAPSession:
             and "\\Deleted" in m.flags
             and (only is None or uid in only)
         ]
-        self._own_change = True
+        self._own_expunges.update(doomed)
         try:
             removed = folder.expunge(doomed)
         finally:
-            self._own_change = False
+            self._own_expunges.clear()
         for uid in removed:
             seq = self.selected.remove(uid)
             if report and seq is not None:
@@ -598,6 +653,10 @@ class IMAPSession:
 
     def _cmd_STORE(self, c: p.Command) -> None:
         assert self.selected is not None and isinstance(c.args, p.Store)
+        if c.args.unchanged_since is not None:
+            # RFC 7162 §3.1.3; CONDSTORE is not advertised.
+            self._bad(c.tag, "CONDSTORE is not supported")
+            return
         if self.selected.readonly:
             self._tagged(c.tag, "NO", "[READ-ONLY] Mailbox is read-only")
             return
@@ -606,26 +665,30 @@ class IMAPSession:
             return
         folder = self.selected.folder
         change = set(c.args.flags)
-        self._own_change = True
-        try:
-            for seq, uid in targets:
-                message = folder.by_uid(uid)
-                if message is None:
-                    continue
-                if c.args.mode == "+":
-                    flags = message.flags | change
-                elif c.args.mode == "-":
-                    flags = message.flags - change
-                else:
-                    flags = frozenset(change)
-                if flags != message.flags:
-                    folder.set_flags(uid, flags)
-                if not c.args.silent:
-                    self._send(self._fetch_line(seq, uid, self._flag_items(uid, c.uid)))
-        finally:
-            self._own_change = False
+        for seq, uid in targets:
+            message = folder.by_uid(uid)
+            if message is None:
+                continue  # expunged by another session, not yet reported
+            if c.args.mode == "+":
+                flags = message.flags | change
+            elif c.args.mode == "-":
+                flags = message.flags - change
+            else:
+                flags = frozenset(change)
+            if flags != message.flags:
+                self._set_flags(uid, flags)
+            if not c.args.silent:
+                self._send(self._fetch_line(seq, uid, self._flag_items(uid, c.uid)))
         self._updates(allow_expunge=c.uid)
         self._tagged(c.tag, "OK", "STORE completed")
+
+    def _set_flags(self, uid: int, flags: frozenset[str]) -> None:
+        assert self.selected is not None
+        self._own_flags.add(uid)
+        try:
+            self.selected.folder.set_flags(uid, flags)
+        finally:
+            self._own_flags.discard(uid)
 
     def _flag_items(self, uid: int, with_uid: bool) -> list[bytes]:
         items = [b"FLAGS " + self._flags(uid)]
@@ -648,6 +711,10 @@ class IMAPSession:
         assert self.selected is not None and isinstance(c.args, p.Fetch)
         targets = self._messages(c, c.args.sequence_set)
         if targets is None:
+            return None
+        if c.args.changed_since is not None or any(a.name == "MODSEQ" for a in c.args.attributes):
+            # RFC 7162 §3.1.4; CONDSTORE is not advertised.
+            self._bad(c.tag, "CONDSTORE is not supported")
             return None
         attributes = list(c.args.attributes)
         if c.uid and not any(a.name == "UID" for a in attributes):
@@ -674,14 +741,14 @@ class IMAPSession:
                     continue
                 if self.selected is not selected:
                     return
+                # The index may have changed (or been rebuilt) while the file was read.
+                message = folder.by_uid(uid)
+                if message is None:
+                    continue
                 parts = MessageParts(data)
             flags_changed = False
             if sets_seen and "\\Seen" not in message.flags:
-                self._own_change = True
-                try:
-                    folder.set_flags(uid, message.flags | {"\\Seen"})
-                finally:
-                    self._own_change = False
+                self._set_flags(uid, message.flags | {"\\Seen"})
                 flags_changed = True
             items = [self._fetch_item(a, message, uid, parts) for a in attributes]
             if flags_changed and not any(a.name == "FLAGS" for a in attributes):
@@ -726,24 +793,39 @@ class IMAPSession:
     # Changes by others (RFC 3501 §5.2, §7.4.1) -----------------------------------------
     def _on_change(self, change: Change) -> None:
         selected = self.selected
-        if selected is None or self._own_change:
+        if selected is None:
             return
         if isinstance(change, Appended):
             selected.appended = True
         elif isinstance(change, Expunged):
+            if change.uid in self._own_expunges:
+                return
             selected.expunged.append(change.uid)
         elif isinstance(change, FlagsChanged):
+            if change.uid in self._own_flags:
+                return
             selected.flags_changed.add(change.uid)
         if self._idle_tag is not None:
             self._updates(allow_expunge=True)
             if self._wake is not None:
                 self._wake()
 
+    def _refresh(self) -> None:
+        """Notice files other programs added to or removed from the selected folder
+        (the bus then announces them like any other change)."""
+        if self.selected is not None:
+            self.selected.folder.refresh()
+
     def _updates(self, allow_expunge: bool) -> None:
         """Tell the client what others changed, as far as the moment allows."""
         selected = self.selected
         if selected is None:
             return
+        keywords = folder_keywords(selected.folder)
+        if keywords != selected.keywords:
+            # RFC 3501 §7.2.6: a new keyword changes the set of flags in the mailbox.
+            selected.keywords = keywords
+            self._send_flags(selected)
         if allow_expunge and selected.expunged:
             for uid in selected.expunged:
                 seq = selected.remove(uid)
@@ -761,8 +843,14 @@ class IMAPSession:
             if new:
                 new.reverse()
                 selected.uids.extend(new)
-                if not selected.readonly:
-                    selected.recent.update(new)
+                # RFC 3501 §2.3.2: \Recent goes to the first session told of a message;
+                # a read-write one claims it by moving it from new/ to cur/.
+                if selected.readonly:
+                    arrived = set(new)
+                    claimed = {m.uid for m in selected.folder.messages if m.subdir == "new"}
+                    selected.recent.update(arrived & claimed)
+                else:
+                    selected.recent.update(set(new) & set(selected.folder.take_new()))
                 self._send(f"* {len(selected.uids)} EXISTS\r\n".encode())
                 self._send(f"* {len(selected.recent)} RECENT\r\n".encode())
         if selected.flags_changed:
@@ -773,17 +861,23 @@ class IMAPSession:
             selected.flags_changed = set()
 
 
+def folder_keywords(folder: Folder) -> tuple[str, ...]:
+    """The keywords defined in a folder, in the order of its keyword table."""
+    return tuple(k for k in folder.keywords.names if k)
+
+
 def _literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
 
 
+# RFC 3501 §9: tag = 1*<any ASTRING-CHAR except "+">
+_TAG = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]+(?= )')
+
+
 def _tag_of(line: bytes) -> str | None:
-    tag = line.split(b" ", 1)[0]
-    try:
-        text = tag.decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    return text if text and text.isprintable() else None
+    """The tag a command line starts with (followed by SP), or None."""
+    match = _TAG.match(line)
+    return match.group().decode("ascii") if match else None
 
 
 def _pattern(pattern: str) -> Callable[[str], bool]:
@@ -806,7 +900,3 @@ _INDEX_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"})
 _ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID", "LOGIN", "AUTHENTICATE"})
 _NOT_AUTHENTICATED_STATE = frozenset({"LOGIN", "AUTHENTICATE"})
 _SELECTED_STATE = frozenset({"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "STORE", "FETCH"})
-
-
-def iter_targets(targets: Iterable[tuple[int, int]]) -> list[int]:
-    return [uid for _, uid in targets]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from mailserver.limits import LimitedFactory, Refuse, SessionSpec, is_loopback
 from mailserver.smtp.session import SMTPLimits, SMTPSession
+
+CLOCK = MemoryReactorClock()
 
 
 class Factory(LimitedFactory):
@@ -19,6 +21,7 @@ class Factory(LimitedFactory):
 
 def connect(factory: Factory, host: str):  # type: ignore[no-untyped-def]
     proto = factory.buildProtocol(IPv4Address("TCP", host, 1234))
+    proto.callLater = CLOCK.callLater  # idle timers on a fake clock, not the reactor
     transport = StringTransport()
     proto.makeConnection(transport)
     return proto, transport

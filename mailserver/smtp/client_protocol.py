@@ -1,0 +1,93 @@
+"""Twisted glue for the SMTP client: connect, move bytes, start TLS, time out.
+
+``mailserver.driver.SessionProtocol`` is built around a server session (a fixed idle
+timeout, a reply to send on timeout, effects); the client needs a different timeout for
+each reply it waits for and a Deferred with the outcome, so it has this small protocol.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from mailserver.session import Close, Send, StartTLS
+from mailserver.smtp.client import ClientSession, Outcome
+
+
+class ClientProtocol(Protocol, TimeoutMixin):
+    """Drives one ClientSession; ``done`` fires with its Outcome when the connection ends."""
+
+    def __init__(self, session: ClientSession, tls_options: Any) -> None:
+        self.session = session
+        self.tls_options = tls_options
+        self.done: defer.Deferred[Outcome] = defer.Deferred()
+        self._closing = False
+
+    def connectionMade(self) -> None:
+        self._pump()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.session.receive_data(data)
+        self._pump()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.setTimeout(None)
+        self._closing = True
+        self.session.connection_lost(f"connection lost: {reason.getErrorMessage()}")
+        self.done.callback(self.session.outcome)
+
+    def timeoutConnection(self) -> None:
+        self.session.timed_out()
+        self._pump()
+
+    def _pump(self) -> None:
+        while not self._closing:
+            action = self.session.next_action()
+            if action is None:
+                break
+            if isinstance(action, Send):
+                self.transport.write(action.data)
+            elif isinstance(action, StartTLS):
+                # Bytes written from now on go out inside TLS, after the handshake.
+                self.transport.startTLS(self.tls_options)
+                self.session.tls_started()
+            elif isinstance(action, Close):
+                self._closing = True
+                self.setTimeout(None)
+                self.transport.loseConnection()
+        if not self._closing:
+            # RFC 5321 §4.5.3.2: the timeout depends on the reply we are waiting for.
+            self.setTimeout(self.session.timeout())
+
+
+def deliver(
+    reactor: Any,
+    address: str,
+    port: int,
+    session: ClientSession,
+    tls_options: Any,
+    connect_timeout: float,
+) -> defer.Deferred[Outcome]:
+    """Connect to ``address`` (IPv4 or IPv6) and run ``session``; never fails: a refused
+    connection is an Outcome whose recipients are all to be tried again."""
+    if ipaddress.ip_address(address).version == 6:
+        endpoint: Any = TCP6ClientEndpoint(reactor, address, port, timeout=connect_timeout)
+    else:
+        endpoint = TCP4ClientEndpoint(reactor, address, port, timeout=connect_timeout)
+    protocol = ClientProtocol(session, tls_options)
+    d = endpoint.connect(Factory.forProtocol(lambda: protocol))
+
+    def failed(failure: Failure) -> Outcome:
+        session.connection_lost(f"cannot connect to {address}: {failure.getErrorMessage()}")
+        return session.outcome
+
+    d.addCallbacks(lambda _: protocol.done, failed)
+    return d

@@ -1,0 +1,46 @@
+"""A DNS server on loopback serving a test zone (twisted.names), for outbound routing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IListeningPort
+from twisted.names import authority, dns, server
+
+
+class ZoneAuthority(authority.FileAuthority):
+    """An authority for ``origin`` with records given as {name: [Record_*]}."""
+
+    def __init__(self, origin: str, records: dict[str, list[Any]]) -> None:
+        self._origin = origin
+        self._given = records
+        super().__init__(origin)
+
+    def loadFile(self, filename: str) -> None:
+        origin = self._origin.encode()
+        soa = dns.Record_SOA(
+            mname=b"ns." + origin, rname=b"root." + origin, serial=1, minimum=60, expire=3600
+        )
+        self.soa = (origin, soa)
+        self.records = {origin: [soa]}
+        for name, records in self._given.items():
+            self.records.setdefault(name.lower().encode(), []).extend(records)
+
+
+def mx(preference: int, host: str) -> dns.Record_MX:
+    return dns.Record_MX(preference, host.encode())
+
+
+def a(address: str) -> dns.Record_A:
+    return dns.Record_A(address)
+
+
+def null_mx() -> dns.Record_MX:
+    """RFC 7505: ``MX 0 .``"""
+    return dns.Record_MX(0, b"")
+
+
+def listen_dns(reactor: Any, origin: str, records: dict[str, list[Any]]) -> IListeningPort:
+    """Serve the zone over UDP on 127.0.0.1 at an ephemeral port."""
+    factory = server.DNSServerFactory(authorities=[ZoneAuthority(origin, records)])
+    return reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")

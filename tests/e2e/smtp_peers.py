@@ -1,0 +1,97 @@
+"""Remote SMTP servers on 127.0.0.x for outbound tests, built on our own server session
+(which refuses bare CR/LF and un-stuffs dots strictly), with scripted answers."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
+
+from mailserver.driver import SessionProtocol
+from mailserver.session import Effect
+from mailserver.smtp.reply import Reply
+from mailserver.smtp.session import CheckRecipient, DeliverMessage, SMTPLimits, SMTPSession
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_to: list[str]
+    data: bytes
+
+
+@dataclass
+class Peer:
+    """``mode``: accept, reject (550 at RCPT), defer-once (451 at the end of DATA the
+    first time), defer (451 always), hold (never answers the end of DATA)."""
+
+    mode: str = "accept"
+    received: list[Received] = field(default_factory=list)
+    held: list[defer.Deferred[Reply]] = field(default_factory=list)
+    deferred_once: bool = False
+
+    def run_effect(self, effect: Effect) -> Any:
+        if isinstance(effect, CheckRecipient):
+            if self.mode == "reject":
+                return Reply(550, "5.1.1", "No such user here")
+            return Reply(250, "2.1.5", "OK")
+        if not isinstance(effect, DeliverMessage):
+            return Reply(250, "2.1.0", "OK")  # the sender check of our server session
+        if self.mode == "defer" or (self.mode == "defer-once" and not self.deferred_once):
+            self.deferred_once = True
+            return Reply(451, "4.3.0", "Try again later")
+        if self.mode == "hold":
+            d: defer.Deferred[Reply] = defer.Deferred()
+            self.held.append(d)
+            return d
+        env = effect.envelope
+        self.received.append(Received(env.mail_from, list(env.rcpt_to), b"".join(effect.chunks)))
+        return Reply(250, "2.0.0", "OK queued")
+
+
+class _PeerFactory(Factory):
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        session = SMTPSession("peer.test", "client", "p", SMTPLimits(), "postmaster@peer.test")
+        return SessionProtocol(session, self.peer.run_effect, 60)
+
+
+class _Silent(Protocol):
+    """Accepts the connection and never says a word (a tarpit)."""
+
+
+def listen_peer(reactor: Any, host: str, port: int, peer: Peer | None) -> IListeningPort:
+    """An SMTP peer on host:port; ``peer`` None is a silent tarpit."""
+    if peer is None:
+        factory: Factory = Factory.forProtocol(_Silent)
+    else:
+        factory = _PeerFactory(peer)
+    return reactor.listenTCP(port, factory, interface=host)
+
+
+def common_port(hosts: list[str]) -> int:
+    """A port free on every one of the loopback addresses (MX hosts share port 25)."""
+    for _ in range(50):
+        probe = socket.socket()
+        probe.bind((hosts[0], 0))
+        port = probe.getsockname()[1]
+        others = []
+        try:
+            for host in hosts[1:]:
+                s = socket.socket()
+                others.append(s)
+                s.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            probe.close()
+            for s in others:
+                s.close()
+        return port
+    raise RuntimeError("no common free port")

@@ -1,0 +1,229 @@
+"""Outbound end to end: a DNS server on loopback whose MX records point at SMTP peers on
+127.0.0.x; the queue service delivers, retries, times out and bounces; and kill -9 of a
+process running the queue does not lose or duplicate a delivery."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from mailserver.config import load
+from mailserver.queue.service import QueueService, spool_dir
+from tests.e2e.dns_peer import a, listen_dns, mx, null_mx
+from tests.e2e.harness import ROOT, write_config
+from tests.e2e.smtp_peers import Peer, common_port, listen_peer
+
+HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+ZONE = {
+    "accept.test": [mx(10, "mx.accept.test")],
+    "mx.accept.test": [a("127.0.0.2")],
+    "flaky.test": [mx(10, "mx.flaky.test")],
+    "mx.flaky.test": [a("127.0.0.3")],
+    "reject.test": [mx(10, "mx.reject.test")],
+    "mx.reject.test": [a("127.0.0.4")],
+    # The best MX never answers: the client times out and takes the next one.
+    "backup.test": [mx(10, "tarpit.backup.test"), mx(20, "mx.accept.test")],
+    "tarpit.backup.test": [a("127.0.0.5")],
+    "silent.test": [mx(10, "tarpit.backup.test")],
+    "nullmx.test": [null_mx()],
+    # No MX: the domain's own address (RFC 5321 §5.1 implicit MX).
+    "amx.test": [a("127.0.0.2")],
+}
+
+QUEUE_TOML = """
+[queue]
+nameservers = ["127.0.0.1:{dns}"]
+mx_port = {port}
+mx_tls = "never"
+min_backoff = 0.3
+max_backoff = 0.6
+delay_warning = 0
+scan_interval = 0.2
+connect_timeout = 2
+greeting_timeout = 1
+command_timeout = 2
+data_init_timeout = 2
+data_end_timeout = 2
+"""
+
+
+def subject(data: bytes) -> bytes:
+    """The Subject line (the peer's session puts its Received: field first)."""
+    return next((line for line in data.split(b"\r\n") if line.startswith(b"Subject:")), b"")
+
+
+def pad_to(body: bytes, offset: int) -> bytes:
+    """``body`` and lines of "x" (shorter than the 1000-octet limit) up to ``offset``."""
+    need = offset - len(body)
+    while need > 0:
+        size = min(need, 900)
+        if 0 < need - size < 2:
+            size -= 2
+        body += b"x" * (size - 2) + b"\r\n"
+        need -= size
+    assert len(body) == offset
+    return body
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await task.deferLater(reactor, 0.05, lambda: None)
+
+
+class Outbound(unittest.TestCase):
+    timeout = 60
+
+    def start_network(self) -> dict[str, Peer]:
+        dns_port = listen_dns(reactor, "test", ZONE)
+        self.addCleanup(dns_port.stopListening)
+        self.dns = dns_port.getHost().port
+        self.port = common_port(HOSTS)
+        peers = {
+            "127.0.0.2": Peer("accept"),
+            "127.0.0.3": Peer("defer-once"),
+            "127.0.0.4": Peer("reject"),
+        }
+        for host in HOSTS:
+            listening = listen_peer(reactor, host, self.port, peers.get(host))
+            self.addCleanup(listening.stopListening)
+        return peers
+
+    async def test_routing_retries_timeouts_and_bounces(self) -> None:
+        peers = self.start_network()
+        directory = os.path.abspath(self.mktemp())
+        config = load(
+            write_config(directory, extra=QUEUE_TOML.format(dns=self.dns, port=self.port))
+        )
+        local: list[tuple[str, list[str], bytes]] = []
+
+        def local_deliver(
+            mail_from: str, rcpts: Sequence[str], chunks: Sequence[bytes], sid: str
+        ) -> defer.Deferred[None]:
+            local.append((mail_from, list(rcpts), b"".join(chunks)))
+            return defer.succeed(None)
+
+        service = QueueService(config, local_deliver, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        await service.started
+
+        # "." lines just before, at and just after 16 KiB boundaries, where twisted.mail's
+        # client would have ended the message.
+        body = b"Subject: dots\r\n\r\n"
+        for offset in (16383, 2 * 16384, 3 * 16384 + 1):
+            body = pad_to(body, offset) + b".\r\n"
+        body += b".leading dot\r\nend\r\n"
+        sender = "alice@example.test"
+        await service.enqueue(sender, ["u1@accept.test", "u2@accept.test"], [body])
+        await service.enqueue(sender, ["u@flaky.test"], [b"Subject: flaky\r\n\r\nhi\r\n"])
+        await service.enqueue(sender, ["u@reject.test"], [b"Subject: reject\r\n\r\nhi\r\n"])
+        await service.enqueue(sender, ["u@backup.test"], [b"Subject: backup\r\n\r\nhi\r\n"])
+        silent = await service.enqueue(sender, ["u@silent.test"], [b"Subject: s\r\n\r\nhi\r\n"])
+        await service.enqueue(sender, ["u@nullmx.test"], [b"Subject: null\r\n\r\nhi\r\n"])
+        await service.enqueue(sender, ["u@amx.test"], [b"Subject: amx\r\n\r\nhi\r\n"])
+        # A remote sender's bounce travels through the queue itself, with MAIL FROM:<>.
+        await service.enqueue("bob@accept.test", ["x@reject.test"], [b"Subject: r2\r\n\r\nhi\r\n"])
+
+        accept, flaky = peers["127.0.0.2"], peers["127.0.0.3"]
+
+        def subjects() -> list[bytes]:
+            return [subject(r.data) for r in accept.received]
+
+        await wait_for(
+            lambda: (
+                len(local) == 2
+                and len(flaky.received) == 1
+                and len(accept.received) == 4
+                and service.scheduler.entries.keys() == {silent}
+            )
+        )
+        dots = accept.received[subjects().index(b"Subject: dots")]
+        self.assertTrue(dots.data.endswith(body))  # byte-exact after stuffing, un-stuffing
+        self.assertEqual(dots.rcpt_to, ["u1@accept.test", "u2@accept.test"])  # one transaction
+        self.assertIn(b"Subject: backup", subjects())
+        self.assertIn(b"Subject: amx", subjects())
+        bounce = next(r for r in accept.received if r.mail_from == "")
+        self.assertEqual(bounce.rcpt_to, ["bob@accept.test"])
+        self.assertIn(b"x@reject.test", bounce.data)
+        self.assertEqual(flaky.received[0].rcpt_to, ["u@flaky.test"])
+
+        statuses = {}
+        for mail_from, rcpts, data in local:
+            self.assertEqual((mail_from, rcpts), ("", [sender]))
+            parsed = email.message_from_bytes(data, policy=email.policy.default)
+            per_rcpt = parsed.get_payload()[1].get_payload()[1]
+            statuses[per_rcpt["Final-Recipient"]] = (per_rcpt["Action"], per_rcpt["Status"])
+        self.assertEqual(
+            statuses,
+            {
+                "rfc822; u@reject.test": ("failed", "5.1.1"),
+                "rfc822; u@nullmx.test": ("failed", "5.1.10"),
+            },
+        )
+        entry = service.scheduler.entries[silent]
+        self.assertGreaterEqual(entry.attempts, 1)
+        self.assertIn("timeout", entry.recipients[0].diagnostic)
+
+    async def test_kill_9_with_messages_spooled(self) -> None:
+        peers = self.start_network()
+        accept = peers["127.0.0.2"]
+        accept.mode = "hold"
+        directory = os.path.abspath(self.mktemp())
+        config_path = write_config(directory, extra=QUEUE_TOML.format(dns=self.dns, port=self.port))
+        rcpts = [f"u{i}@accept.test" for i in range(3)]
+        runner = self.run_queue(config_path, ["--enqueue", "4", *rcpts])
+        # Spooled (the runner printed the ids after enqueue fired), and a delivery is
+        # in the middle of DATA when the process dies.
+        log = os.path.join(directory, "runner.log")
+
+        def spooled() -> int:
+            with open(log) as f:
+                return f.read().count("] queued ")
+
+        try:
+            await wait_for(lambda: spooled() == 4 and len(accept.held) >= 1)
+        finally:
+            runner.kill()
+            runner.wait()
+        accept.mode = "accept"
+        for held in accept.held:
+            self.assertFalse(held.called)
+        runner = self.run_queue(config_path, [])
+        self.addCleanup(self.stop, runner)
+        state = os.path.join(spool_dir(load(config_path)), "state")
+        await wait_for(lambda: os.path.isdir(state) and not os.listdir(state))
+        copies: dict[tuple[bytes, str], int] = {}
+        for received in accept.received:
+            for rcpt in received.rcpt_to:
+                key = (subject(received.data), rcpt)
+                copies[key] = copies.get(key, 0) + 1
+        self.assertEqual(len(copies), 4 * 3)
+        self.assertEqual(set(copies.values()), {1})
+
+    def run_queue(self, config: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(os.path.join(os.path.dirname(config), "runner.log"), "ab")
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "tests", "e2e", "queue_runner.py"), config, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        log.close()
+        return process
+
+    def stop(self, process: subprocess.Popen[Any]) -> None:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(10)

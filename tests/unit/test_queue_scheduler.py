@@ -1,0 +1,295 @@
+"""The scheduler with a fake clock, a fake transport and synchronous disk work; the
+spool's crash recovery; RFC 3464 reports parsed back with the email package."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from twisted.internet import defer, task
+
+from mailserver.queue import dsn
+from mailserver.queue.scheduler import Policy, Scheduler
+from mailserver.queue.spool import DELIVERED, FAILED, PENDING, Entry, RecipientState, Spool
+from mailserver.queue.transport import Delivery
+from mailserver.smtp.client import OutboundMessage, Result
+from mailserver.smtp.reply import Reply
+
+MSG = b"Subject: test\r\nFrom: s@remote.example\r\n\r\nbody\r\n"
+OK = Delivery(Result.DELIVERED, Reply(250, "2.0.0", "ok"), "mx.example.net [192.0.2.1]")
+LATER = Delivery(Result.TEMPORARY, Reply(451, "4.3.0", "later"), "mx.example.net [192.0.2.1]")
+NO = Delivery(Result.PERMANENT, Reply(550, "5.1.1", "no such user"), "mx.example.net [192.0.2.1]")
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.script: dict[str, list[Delivery]] = {}
+        self.calls: list[tuple[str, tuple[str, ...]]] = []
+        self.held: list[defer.Deferred[dict[str, Delivery]]] = []
+        self.hold = False
+
+    def deliver(
+        self, domain: str, message: OutboundMessage, queue_id: str
+    ) -> defer.Deferred[dict[str, Delivery]]:
+        addresses = tuple(r.address for r in message.recipients)
+        self.calls.append((domain, addresses))
+        result = {a: self.script[a].pop(0) if self.script.get(a) else OK for a in addresses}
+        if self.hold:
+            d: defer.Deferred[dict[str, Delivery]] = defer.Deferred()
+            self.held.append(d)
+            return d
+        return defer.succeed(result)
+
+
+def sync(function: Any, *args: Any) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(function, *args)
+
+
+class Harness:
+    def __init__(self, root: str, **policy: Any) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(1_700_000_000)
+        self.spool = Spool(root)
+        self.spool.ensure()
+        self.transport = FakeTransport()
+        self.local: list[tuple[str, list[str], bytes]] = []
+        self.policy = Policy(
+            hostname="mail.example.test", local_domains=("example.test",), **policy
+        )
+        self.scheduler = self.new()
+
+    def new(self) -> Scheduler:
+        return Scheduler(
+            self.spool, self.transport, self.policy, self.local_deliver, self.clock, sync
+        )
+
+    def local_deliver(
+        self, mail_from: str, rcpts: Sequence[str], chunks: Sequence[bytes], sid: str
+    ) -> defer.Deferred[None]:
+        self.local.append((mail_from, list(rcpts), b"".join(chunks)))
+        return defer.succeed(None)
+
+    def start(self) -> None:
+        self.result(defer.ensureDeferred(self.scheduler.start()))
+
+    def enqueue(self, sender: str, rcpts: list[str], **kw: Any) -> str:
+        return self.result(self.scheduler.enqueue(sender, rcpts, [MSG], **kw))
+
+    @staticmethod
+    def result(d: defer.Deferred[Any]) -> Any:
+        out: list[Any] = []
+        d.addBoth(out.append)
+        assert out, "the Deferred did not fire"
+        if isinstance(out[0], Exception) or hasattr(out[0], "raiseException"):
+            out[0].raiseException()
+        return out[0]
+
+
+@pytest.fixture
+def h(tmp_path: Any) -> Harness:
+    harness = Harness(str(tmp_path / "spool"), min_backoff=300, max_backoff=4000, delay_warning=0)
+    harness.start()
+    yield harness
+    harness.scheduler.stop()
+
+
+def test_delivers_and_removes(h: Harness) -> None:
+    queue_id = h.enqueue("s@example.test", ["a@example.net", "b@example.net", "c@other.example"])
+    assert os.path.exists(os.path.join(h.spool.state, queue_id))
+    h.clock.advance(0)
+    assert sorted(h.transport.calls) == [
+        ("example.net", ("a@example.net", "b@example.net")),
+        ("other.example", ("c@other.example",)),
+    ]
+    assert queue_id not in h.scheduler.entries
+    assert h.spool.ids() == []
+    assert os.listdir(h.spool.data) == []
+
+
+def test_backoff_doubles_up_to_the_maximum(h: Harness) -> None:
+    assert [h.policy.backoff(n) for n in range(1, 7)] == [300, 600, 1200, 2400, 4000, 4000]
+    h.transport.script["a@example.net"] = [LATER] * 4
+    queue_id = h.enqueue("s@example.test", ["a@example.net"])
+    h.clock.advance(0)
+    assert len(h.transport.calls) == 1
+    for delay in (300, 600, 1200):
+        h.clock.advance(delay - 1)
+        assert len(h.transport.calls) == (1 + [300, 600, 1200].index(delay))
+        h.clock.advance(1)
+    assert len(h.transport.calls) == 4
+    entry = h.spool.load(queue_id)
+    assert entry.attempts == 4 and entry.recipients[0].status == PENDING
+    assert entry.recipients[0].diagnostic == "451 4.3.0 later"
+    h.clock.advance(2400)
+    assert len(h.transport.calls) == 5
+    assert h.spool.ids() == []
+
+
+def test_permanent_failure_bounces_once_to_remote_sender_through_the_queue(h: Harness) -> None:
+    h.transport.script["a@example.net"] = [NO]
+    h.transport.hold = False
+    queue_id = h.enqueue("s@remote.example", ["a@example.net", "b@example.net"])
+    h.clock.advance(0)
+    # The original is gone; the report is a new entry, to the sender, with a null sender.
+    assert queue_id not in h.scheduler.entries
+    assert h.transport.calls[-1] == ("remote.example", ("s@remote.example",))
+    assert h.spool.ids() == []
+
+
+def test_bounce_to_local_sender_goes_through_local_delivery(h: Harness) -> None:
+    h.transport.script["a@example.net"] = [NO]
+    h.enqueue("alice@example.test", ["a@example.net"], params={"ENVID": "E+2B1", "RET": "HDRS"})
+    h.clock.advance(0)
+    assert len(h.local) == 1
+    mail_from, rcpts, report = h.local[0]
+    assert mail_from == "" and rcpts == ["alice@example.test"]
+    parsed = email.message_from_bytes(report, policy=email.policy.default)
+    assert parsed.get_content_type() == "multipart/report"
+    assert parsed.get_param("report-type") == "delivery-status"
+    assert parsed["Auto-Submitted"] == "auto-replied"
+    text, status, original = parsed.get_payload()
+    assert text.get_content_type() == "text/plain"
+    assert status.get_content_type() == "message/delivery-status"
+    per_message, per_rcpt = status.get_payload()
+    assert per_message["Reporting-MTA"] == "dns; mail.example.test"
+    assert per_message["Original-Envelope-Id"] == "E+1"
+    assert per_rcpt["Final-Recipient"] == "rfc822; a@example.net"
+    assert per_rcpt["Action"] == "failed"
+    assert per_rcpt["Status"] == "5.1.1"
+    assert per_rcpt["Remote-MTA"] == "dns; mx.example.net"
+    assert per_rcpt["Diagnostic-Code"] == "smtp; 550 5.1.1 no such user"
+    assert original.get_content_type() == "text/rfc822-headers"
+    assert b"Subject: test" in original.get_payload(decode=True)
+    assert b"body" not in original.get_payload(decode=True)
+
+
+def test_no_report_to_null_sender_and_notify_never(h: Harness) -> None:
+    h.transport.script["a@example.net"] = [NO]
+    h.transport.script["b@example.net"] = [NO]
+    h.enqueue("", ["a@example.net"])
+    h.enqueue(
+        "alice@example.test", ["b@example.net"], rcpt_params={"b@example.net": {"NOTIFY": "NEVER"}}
+    )
+    h.clock.advance(0)
+    assert h.local == []
+    assert h.spool.ids() == []
+    assert all(domain == "example.net" for domain, _ in h.transport.calls)
+
+
+def test_expiry_and_delay_warning(tmp_path: Any) -> None:
+    h = Harness(
+        str(tmp_path / "s"), min_backoff=100, max_backoff=100, max_lifetime=1000, delay_warning=250
+    )
+    h.start()
+    h.transport.script["a@example.net"] = [LATER] * 100
+    h.enqueue(
+        "alice@example.test",
+        ["a@example.net"],
+        rcpt_params={
+            "a@example.net": {"NOTIFY": "DELAY,FAILURE", "ORCPT": "rfc822;A+2Ba@example.net"}
+        },
+    )
+    h.clock.advance(0)
+    for _ in range(12):
+        h.clock.advance(100)
+    actions = []
+    for _, _, report in h.local:
+        parsed = email.message_from_bytes(report, policy=email.policy.default)
+        per_rcpt = parsed.get_payload()[1].get_payload()[1]
+        actions.append((per_rcpt["Action"], per_rcpt["Status"]))
+        assert per_rcpt["Original-Recipient"] == "rfc822; A+a@example.net"
+    assert actions == [("delayed", "4.3.0"), ("failed", "5.4.7")]
+    assert h.spool.ids() == []
+    h.scheduler.stop()
+
+
+def test_per_domain_concurrency_limit(tmp_path: Any) -> None:
+    h = Harness(str(tmp_path / "s"), max_deliveries=3, max_deliveries_per_domain=1)
+    h.start()
+    h.transport.hold = True
+    for _ in range(3):
+        h.enqueue("s@example.test", ["a@slow.example"])
+    h.enqueue("s@example.test", ["b@fast.example"])
+    h.clock.advance(0)
+    # One connection to the slow domain at a time; the other domain is not held up.
+    assert sorted(h.transport.calls) == [
+        ("fast.example", ("b@fast.example",)),
+        ("slow.example", ("a@slow.example",)),
+    ]
+    h.transport.held[0].callback({"a@slow.example": OK})
+    assert len(h.transport.calls) == 3
+    h.scheduler.stop()
+
+
+def test_restart_resumes_and_does_not_redeliver(h: Harness) -> None:
+    h.transport.script["b@example.net"] = [LATER]
+    queue_id = h.enqueue("s@example.test", ["a@example.net", "b@example.net"])
+    h.clock.advance(0)
+    h.scheduler.stop()
+    h.transport.calls.clear()
+    h.scheduler = h.new()
+    h.start()
+    assert h.scheduler.entries[queue_id].recipients[0].status == DELIVERED
+    h.clock.advance(300)
+    assert h.transport.calls == [("example.net", ("b@example.net",))]
+    assert h.spool.ids() == []
+
+
+def test_cli_requests_are_picked_up_by_scan(h: Harness) -> None:
+    h.transport.script["a@example.net"] = [LATER]
+    queue_id = h.enqueue("s@example.test", ["a@example.net"])
+    other = h.enqueue("s@example.test", ["x@example.net"])
+    h.transport.script["x@example.net"] = [LATER]
+    h.clock.advance(0)
+    h.spool.request("retry", queue_id)
+    h.spool.request("delete", other)
+    h.clock.advance(h.policy.scan_interval)
+    assert h.spool.ids() == []
+    assert h.transport.calls.count(("example.net", ("a@example.net",))) == 2
+
+
+def test_spool_recovery_drops_partial_entries(tmp_path: Any) -> None:
+    spool = Spool(str(tmp_path / "s"))
+    spool.ensure()
+    entry = Entry("0000000000000AAAA", "s@x.example", [RecipientState("a@example.net")], 1.0, 1.0)
+    assert spool.create(entry, [MSG])
+    assert not spool.create(entry, [MSG])
+    # A crash in the middle of writing: a tmp file, and data without its state file.
+    with open(os.path.join(spool.tmp, "0000000000000BBBB.1234"), "wb") as f:
+        f.write(b"half")
+    with open(os.path.join(spool.data, "0000000000000BBBB"), "wb") as f:
+        f.write(b"half")
+    assert sorted(spool.recover()) == ["data/0000000000000BBBB", "tmp/0000000000000BBBB.1234"]
+    assert spool.ids() == ["0000000000000AAAA"]
+    assert b"".join(spool.read_data("0000000000000AAAA")) == MSG
+    loaded = spool.load("0000000000000AAAA")
+    assert loaded == entry
+    loaded.recipients[0].status = FAILED
+    spool.save(loaded)
+    assert spool.load(loaded.id).recipients[0].status == FAILED
+    spool.remove(loaded.id)
+    assert spool.ids() == [] and os.listdir(spool.data) == []
+
+
+def test_report_full_and_notify_rules() -> None:
+    report = dsn.build_report(
+        "mx.example.test",
+        "s@example.org",
+        [dsn.ReportedRecipient("a@example.net", dsn.FAILED, "5.1.1", "550 5.1.1 no")],
+        b"Subject: x\n\nthe body\n",
+        arrival=1_700_000_000,
+        now=1_700_000_100,
+        ret="FULL",
+    )
+    parsed = email.message_from_bytes(report, policy=email.policy.default)
+    returned = parsed.get_payload()[2]
+    assert returned.get_content_type() == "message/rfc822"
+    assert returned.get_payload()[0]["Subject"] == "x"
+    assert b"\n" not in report.replace(b"\r\n", b"")
+    assert dsn.wants(None, dsn.FAILED) and dsn.wants(None, dsn.DELAYED)
+    assert not dsn.wants(None, dsn.RELAYED)
+    assert dsn.wants(["SUCCESS"], dsn.RELAYED) and not dsn.wants(["NEVER"], dsn.FAILED)
