@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import email.utils
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Protocol
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from mailserver.accounts import Directory
 from mailserver.mda import MDA
 from mailserver.mta import RECIPIENT_OK, SENDER_OK, accepted, check_local_recipient, domain_of
+from mailserver.queue import dsn
 from mailserver.smtp.reply import Reply
 from mailserver.smtp.session import Envelope
 from mailserver.store.maildir import MaildirStore
+
+log = Logger()
 
 
 class OutboundQueue(Protocol):
@@ -31,7 +36,8 @@ class OutboundQueue(Protocol):
         mail_from: str,
         recipients: Sequence[str],
         chunks: Sequence[bytes],
-        params: dict[str, str | None],
+        params: Mapping[str, str | None] | None = None,
+        rcpt_params: Mapping[str, Mapping[str, str | None]] | None = None,
     ) -> defer.Deferred[str]: ...
 
 
@@ -89,13 +95,52 @@ class SubmissionPolicy:
         remote = [r for r in envelope.rcpt_to if r not in local]
         copies = []
         if local:
-            copies.append(self.mda.deliver(envelope.mail_from, local, parts, envelope.session_id))
+            d = self.mda.deliver(envelope.mail_from, local, parts, envelope.session_id)
+            d.addCallback(lambda _: self._report_success(envelope, local, parts))
+            copies.append(d)
         if remote:
             assert self.queue is not None
-            copies.append(self.queue.enqueue(envelope.mail_from, remote, parts, envelope.params))
+            rcpt_params = {r: envelope.rcpt_params.get(r, {}) for r in remote}
+            copies.append(
+                self.queue.enqueue(envelope.mail_from, remote, parts, envelope.params, rcpt_params)
+            )
         d = defer.gatherResults(copies, consumeErrors=True)
         d.addCallback(lambda _: accepted(envelope))
         return d
+
+    def _report_success(self, envelope: Envelope, local: list[str], parts: Sequence[bytes]) -> None:
+        """RFC 3461 §4.1 NOTIFY=SUCCESS for local recipients: a "delivered" report to
+        the (local, authenticated) sender, through the MDA with the null reverse-path.
+
+        The message is already durable: a failure here is logged, not reported back."""
+        wanted = [
+            r for r in local if dsn.wants(_notify(envelope.rcpt_params.get(r, {})), dsn.DELIVERED)
+        ]
+        if not wanted:
+            return
+        now = time.time()
+        report = dsn.build_report(
+            self.hostname,
+            envelope.mail_from,
+            [
+                dsn.ReportedRecipient(
+                    r, dsn.DELIVERED, "2.0.0", orcpt=envelope.rcpt_params[r].get("ORCPT")
+                )
+                for r in wanted
+            ],
+            b"".join(parts[1:]),
+            arrival=now,
+            now=now,
+            envid=envelope.params.get("ENVID"),
+            ret=envelope.params.get("RET"),
+        )
+        d = self.mda.deliver("", [envelope.mail_from], [report], envelope.session_id)
+        d.addErrback(lambda f: log.failure("MSA: success report not delivered", f))
+
+
+def _notify(params: Mapping[str, str | None]) -> list[str] | None:
+    value = params.get("NOTIFY")
+    return value.split(",") if value else None
 
 
 def header_bytes(chunks: Sequence[bytes]) -> bytes:

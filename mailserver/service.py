@@ -24,6 +24,7 @@ from mailserver.mda import MDA
 from mailserver.msa import SubmissionPolicy
 from mailserver.mta import InboundPolicy
 from mailserver.pop3.protocol import POP3Factory
+from mailserver.queue.service import QueueService
 from mailserver.smtp.protocol import SMTPFactory, SMTPPolicy
 from mailserver.smtp.session import SMTPLimits, SMTPRole
 from mailserver.store.maildir import MaildirStore
@@ -106,6 +107,9 @@ class MailServer(MultiService):
         self.login = LoginService(self.directory, reactor, config.auth)
         self.mda = MDA(self.store, self.directory)
         self.tls = make_tls(config)
+        # The queue starts before the listeners that feed it (MultiService order).
+        self.queue = QueueService(config, self.mda.deliver, reactor)
+        self.queue.setServiceParent(self)
         self.listeners: dict[str, list[ListenerService]] = {}
         listeners = config.listeners
         for name, role, implicit_tls, make_factory in (
@@ -150,6 +154,9 @@ class MailServer(MultiService):
             self.reactor,
             imap.max_connections,
             imap.max_connections_per_client,
+            tls=self.tls,
+            implicit_tls=implicit_tls,
+            allow_plaintext_on_loopback=self._plaintext_on_loopback(),
         )
 
     def _pop3_factory(self, implicit_tls: bool) -> Factory:
@@ -203,8 +210,11 @@ class MailServer(MultiService):
             tls_active=implicit_tls,
             auth=True,
             require_auth=True,
+            dsn=True,
         )
-        policy = SubmissionPolicy(self.directory, self.store, self.mda, self.config.server.hostname)
+        policy = SubmissionPolicy(
+            self.directory, self.store, self.mda, self.config.server.hostname, self.queue
+        )
         return self._smtp_factory(role, policy)
 
     def add_listener(self, name: str, role: str, description: str, factory: Factory) -> None:

@@ -9,7 +9,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
 from mailserver.imap.session import IMAPLimits, IMAPSession, Pause, ReadMessage
-from mailserver.limits import LimitedFactory, SessionSpec, peer_host
+from mailserver.limits import LimitedFactory, SessionSpec, is_loopback, peer_host
 from mailserver.login import LoginService
 from mailserver.session import Authenticate, Effect
 from mailserver.store.maildir import MaildirStore
@@ -30,8 +30,14 @@ class IMAPFactory(LimitedFactory):
         reactor: Any,
         max_connections: int = 1000,
         max_connections_per_client: int = 20,
+        tls: Any = None,
+        implicit_tls: bool = False,
+        allow_plaintext_on_loopback: bool = False,
     ) -> None:
         super().__init__("IMAP", max_connections, max_connections_per_client)
+        self.tls = tls
+        self.implicit_tls = implicit_tls
+        self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
         self.store = store
         self.login = login
         self.limits = limits
@@ -41,7 +47,15 @@ class IMAPFactory(LimitedFactory):
 
     def build_session(self, addr: IAddress, session_id: str) -> SessionSpec:
         peer = peer_host(addr)
-        session = IMAPSession(self.hostname, session_id, self.limits, self.store)
+        session = IMAPSession(
+            self.hostname,
+            session_id,
+            self.limits,
+            self.store,
+            starttls=self.tls is not None and not self.implicit_tls,
+            tls_active=self.implicit_tls,
+            allow_plaintext_login=self.allow_plaintext_on_loopback and is_loopback(peer),
+        )
 
         def logged(address: str | None, username: str) -> str | None:
             log.info(

@@ -33,7 +33,7 @@ from mailserver.imap.fetch import (
     section_bytes,
 )
 from mailserver.names import BadName
-from mailserver.session import Action, Authenticate, Close, Effect, Send
+from mailserver.session import Action, Authenticate, Close, Effect, Send, StartTLS
 from mailserver.store.bus import Appended, Change, Expunged, FlagsChanged
 from mailserver.store.maildir import Folder, MaildirStore, MessageInfo, NoSuchFolder
 
@@ -106,8 +106,14 @@ class IMAPSession:
         session_id: str,
         limits: IMAPLimits,
         store: MaildirStore,
+        starttls: bool = False,
+        tls_active: bool = False,
+        allow_plaintext_login: bool = True,
     ) -> None:
         self.hostname = hostname
+        self.starttls = starttls
+        self.tls = tls_active
+        self.allow_plaintext_login = allow_plaintext_login
         self.session_id = session_id
         self.limits = limits
         self.store = store
@@ -206,8 +212,17 @@ class IMAPSession:
             "SPECIAL-USE",
         ]
         if self.user is None:
-            caps.append("AUTH=PLAIN")
+            if self.starttls and not self.tls:
+                caps.append("STARTTLS")  # RFC 3501 §6.2.1
+            if self._login_allowed:
+                caps.append("AUTH=PLAIN")
+            else:
+                caps.append("LOGINDISABLED")  # RFC 3501 §6.2.3, RFC 8314
         return " ".join(caps).encode()
+
+    @property
+    def _login_allowed(self) -> bool:
+        return self.tls or self.allow_plaintext_login
 
     # Jobs ------------------------------------------------------------------------------
     def _advance_job(self) -> None:
@@ -381,12 +396,30 @@ class IMAPSession:
         self._tagged(c.tag, "OK", "ID completed")
 
     # Not authenticated (RFC 3501 §6.2) -------------------------------------------------
-    def _cmd_LOGIN(self, c: p.Command) -> Job:
+    def _cmd_STARTTLS(self, c: p.Command) -> None:
+        if self.tls or not self.starttls:
+            self._bad(c.tag, "STARTTLS not available")
+            return
+        self._tagged(c.tag, "OK", "Begin TLS negotiation now")
+        # RFC 3501 §6.2.1: nothing the client sent before the handshake counts (no
+        # plaintext command injection).
+        del self._in[:]
+        self._pieces, self._literal_left, self._literal_total, self._line_total = [], 0, 0, 0
+        self._out.append(StartTLS())
+        self.tls = True
+
+    def _cmd_LOGIN(self, c: p.Command) -> Job | None:
         assert isinstance(c.args, p.Login)
+        if not self._login_allowed:
+            self._tagged(c.tag, "NO", "[PRIVACYREQUIRED] LOGIN is disabled before STARTTLS")
+            return None
         return self._login(c.tag, c.args.userid, c.args.password)
 
     def _cmd_AUTHENTICATE(self, c: p.Command) -> Job | None:
         assert isinstance(c.args, p.Authenticate)
+        if not self._login_allowed:
+            self._tagged(c.tag, "NO", "[PRIVACYREQUIRED] Authentication needs TLS first")
+            return None
         if c.args.mechanism.upper() != "PLAIN":
             self._tagged(c.tag, "NO", "Unsupported authentication mechanism")
             return None
@@ -897,6 +930,6 @@ def _pattern(pattern: str) -> Callable[[str], bool]:
 
 
 _INDEX_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"})
-_ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID", "LOGIN", "AUTHENTICATE"})
-_NOT_AUTHENTICATED_STATE = frozenset({"LOGIN", "AUTHENTICATE"})
+_ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID", "LOGIN", "AUTHENTICATE", "STARTTLS"})
+_NOT_AUTHENTICATED_STATE = frozenset({"LOGIN", "AUTHENTICATE", "STARTTLS"})
 _SELECTED_STATE = frozenset({"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "STORE", "FETCH"})

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 FAILED = "failed"
 DELAYED = "delayed"
 RELAYED = "relayed"
+DELIVERED = "delivered"  # into a local mailbox
 
 _SUBJECTS = {
     FAILED: "Undelivered Mail Returned to Sender",
     DELAYED: "Delayed Mail (still being retried)",
     RELAYED: "Successful Mail Delivery Report (relayed)",
+    DELIVERED: "Successful Mail Delivery Report",
 }
 
 _INTRO = {
@@ -30,13 +32,14 @@ _INTRO = {
     "Delivery will be tried again; you do not need to resend it.",
     RELAYED: "Your message was handed on to a mail server that does not send\r\n"
     "delivery reports, so this is the last report you will get about it.",
+    DELIVERED: "Your message was delivered to the mailboxes of the recipients below.",
 }
 
 
 @dataclass(frozen=True)
 class ReportedRecipient:
     address: str
-    action: str  # FAILED, DELAYED or RELAYED
+    action: str  # FAILED, DELAYED, RELAYED or DELIVERED
     status: str  # RFC 3463 code, e.g. "5.1.1"
     diagnostic: str = ""  # the remote reply, "550 5.1.1 No such user"
     remote_mta: str = ""
@@ -54,7 +57,7 @@ def wants(notify: Sequence[str] | None, action: str) -> bool:
     keywords = {n.upper() for n in notify}
     if "NEVER" in keywords:
         return False
-    wanted = {FAILED: "FAILURE", DELAYED: "DELAY", RELAYED: "SUCCESS"}[action]
+    wanted = {FAILED: "FAILURE", DELAYED: "DELAY", RELAYED: "SUCCESS", DELIVERED: "SUCCESS"}[action]
     return wanted in keywords
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class SMTPRole:
     auth: bool = False  # AUTH is offered here (MSA only; never on the MTA)
     require_auth: bool = False  # RFC 6409 §4.3: MAIL needs a successful AUTH first
     plaintext_auth: bool = False  # AUTH before TLS (loopback clients in the dev default)
+    dsn: bool = False  # RFC 3461 delivery status notifications (the MSA, with a queue)
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Envelope:
     peer: str = ""
     session_id: str = ""
     auth_user: str | None = None
+    # RFC 3461 RCPT parameters (NOTIFY, ORCPT) of each accepted recipient.
+    rcpt_params: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class CheckRecipient(Effect):
 
     envelope: Envelope
     address: str
+    params: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,19 @@ class DeliverMessage(Effect):
 _DATA_END = b"."
 # RFC 4954 §4: AUTH command and response lines may be up to 12288 octets.
 MAX_AUTH_LINE = 12288
+# RFC 3461 §4: xtext, "+XX" escapes for octets outside "!" to "~" and for "+" and "=".
+_XTEXT = re.compile(r"^(?:[!-*,-<>-~]|\+[0-9A-F]{2})+$")
+
+
+def _check_dsn_mail_param(keyword: str, value: str | None) -> Reply | None:
+    if keyword == "RET":
+        # RFC 3461 §4.3
+        if value is None or value.upper() not in ("FULL", "HDRS"):
+            return Reply(501, "5.5.4", "Syntax: RET=FULL or RET=HDRS")
+    elif value is None or len(value) > 100 or not _XTEXT.match(value):
+        # RFC 3461 §4.4: ENVID is xtext of at most 100 characters.
+        return Reply(501, "5.5.4", "Syntax: ENVID=xtext")
+    return None
 
 
 class SMTPSession:
@@ -159,6 +177,8 @@ class SMTPSession:
         elif isinstance(effect, CheckRecipient):
             if reply.positive and self.envelope is not None:
                 self.envelope.rcpt_to.append(effect.address)
+                if effect.params:
+                    self.envelope.rcpt_params[effect.address] = effect.params
             self._reply(reply)
         elif isinstance(effect, DeliverMessage):
             self._reply(reply)
@@ -267,6 +287,8 @@ class SMTPSession:
             keywords.append("STARTTLS")  # RFC 3207
         if self._auth_allowed():
             keywords.append("AUTH PLAIN LOGIN")  # RFC 4954, RFC 4616
+        if self.role.dsn:
+            keywords.append("DSN")  # RFC 3461
         keywords.append("HELP")
         return keywords
 
@@ -417,6 +439,10 @@ class SMTPSession:
                     return Reply(501, "5.5.4", "Syntax: SIZE=<octets>")
                 if int(value) > self.limits.max_message_size:
                     return Reply(552, "5.3.4", "Message size exceeds fixed maximum")
+            elif keyword in ("RET", "ENVID") and self.role.dsn:
+                reply = _check_dsn_mail_param(keyword, value)
+                if reply is not None:
+                    return reply
             elif keyword == "AUTH":
                 pass  # RFC 4954 §5: the original submitter, for relays; we keep our own
             elif keyword == "BODY":
@@ -443,14 +469,31 @@ class SMTPSession:
         except PathError as e:
             self._error(Reply(501, "5.1.3", f"Bad recipient address: {e}"))
             return
-        if path.params:
-            self._error(Reply(555, "5.5.4", "RCPT parameters are not supported"))
+        reply = self._check_rcpt_params(path.params)
+        if reply is not None:
+            self._error(reply)
             return
         if len(self.envelope.rcpt_to) >= self.limits.max_recipients:
             # RFC 5321 §4.5.3.1.10: 452 for too many recipients.
             self._reply(Reply(452, "4.5.3", "Too many recipients"))
             return
-        self._effect(CheckRecipient(self.envelope, path.address))
+        self._effect(CheckRecipient(self.envelope, path.address, path.params))
+
+    def _check_rcpt_params(self, params: dict[str, str | None]) -> Reply | None:
+        for keyword, value in params.items():
+            if not self.role.dsn or keyword not in ("NOTIFY", "ORCPT"):
+                return Reply(555, "5.5.4", f"Unsupported parameter {keyword}")
+            if keyword == "NOTIFY":
+                # RFC 3461 §4.1: NEVER, or any of SUCCESS, FAILURE, DELAY.
+                words = (value or "").upper().split(",")
+                if words != ["NEVER"] and not set(words) <= {"SUCCESS", "FAILURE", "DELAY"}:
+                    return Reply(501, "5.5.4", "Syntax: NOTIFY=NEVER or SUCCESS,FAILURE,DELAY")
+            else:
+                # RFC 3461 §4.2: ORCPT=addr-type;xtext
+                kind, sep, text = (value or "").partition(";")
+                if not sep or not kind or not _XTEXT.match(text):
+                    return Reply(501, "5.5.4", "Syntax: ORCPT=rfc822;address")
+        return None
 
     def _do_DATA(self, argument: str) -> None:
         if argument:

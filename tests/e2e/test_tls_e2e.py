@@ -86,7 +86,7 @@ class TLSEndToEnd(ServerTestCase):
         r = await threads.deferToThread(scenario)
         self.assertEqual(r["mail_before_auth"][0], 530)
         self.assertEqual(r["foreign_sender"], (553, b"5.7.1 Sender address not owned by user"))
-        self.assertEqual(r["remote_rcpt"][0], 451)
+        self.assertEqual(r["remote_rcpt"][0], 250)  # queued for the outbound MTA
         self.assertEqual(r["local_rcpt"][0], 250)
         self.assertEqual(r["forged_from"][0], 550)
         self.assertEqual(r["alias_sender"][0], 250)
@@ -232,3 +232,59 @@ class TLSEndToEnd(ServerTestCase):
         self.assertEqual(r["-tls1_3"].returncode, 0)
         self.assertIn(b"New, TLSv1.3", r["-tls1_3"].stdout)
         self.assertIn(b"Verification: OK", r["-tls1_3"].stdout)
+
+
+class IMAPOverTLS(ServerTestCase):
+    async def test_imaps_starttls_and_curl(self) -> None:
+        import imaplib
+
+        curl = tool("curl")
+        await self.start_server()
+        ca = os.path.join(self.directory, "run", "tls", "ca.pem")
+        context = ssl.create_default_context(cafile=ca)
+
+        def scenario() -> dict:
+            with smtplib.SMTP("127.0.0.1", self.ports["smtp"], timeout=30) as client:
+                client.sendmail("x@example.org", [ALICE], b"Subject: imap tls\r\n\r\nbody\r\n")
+            results = {}
+            m = imaplib.IMAP4_SSL("localhost", self.ports["imaps"], ssl_context=context)
+            m.login(ALICE, PASSWORD)
+            m.select("INBOX")
+            results["imaps"] = m.fetch("1", "(BODY.PEEK[])")[1][0][1]
+            m.logout()
+            m = imaplib.IMAP4("localhost", self.ports["imap"])
+            results["before"] = m.capabilities
+            m.starttls(ssl_context=context)
+            m.login(ALICE, PASSWORD)
+            m.select("INBOX")
+            results["starttls"] = m.fetch("1", "(BODY.PEEK[])")[1][0][1]
+            m.logout()
+            results["curl"] = subprocess.run(
+                [
+                    curl,
+                    "-sS",
+                    "--ssl-reqd",
+                    "--cacert",
+                    ca,
+                    "-u",
+                    f"{ALICE}:{PASSWORD}",
+                    f"imap://localhost:{self.ports['imap']}/INBOX;UID=1",
+                ],
+                capture_output=True,
+                timeout=60,
+            ).stdout
+            return results
+
+        r = await threads.deferToThread(scenario)
+        stored = self.inbox_message(ALICE)
+        self.assertEqual(r["imaps"], stored)
+        self.assertEqual(r["starttls"], stored)
+        self.assertEqual(r["curl"], stored)
+        self.assertIn("STARTTLS", r["before"])
+
+    def inbox_message(self, address: str) -> bytes:
+        for sub in ("new", "cur"):
+            for name in os.listdir(os.path.join(self.maildir(address), sub)):
+                with open(os.path.join(self.maildir(address), sub, name), "rb") as f:
+                    return f.read()
+        raise AssertionError("no message")

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mailserver.imap.session import IMAPLimits, IMAPSession, Pause, ReadMessage
-from mailserver.session import Authenticate, Close, Effect, Send
+from mailserver.session import Authenticate, Close, Effect, Send, StartTLS
 from mailserver.store.maildir import MaildirStore, read_message_file
 
 HOST = "imap.example.test"
@@ -113,9 +113,10 @@ def mail3(mail: Mail) -> Mail:
 class Client:
     """Drives one session as mailserver.driver does, running effects synchronously."""
 
-    def __init__(self, mail: Mail, limits: IMAPLimits | None = None) -> None:
+    def __init__(self, mail: Mail, limits: IMAPLimits | None = None, **tls: bool) -> None:
         self.mail = mail
-        self.session = IMAPSession(HOST, "test-1", limits or IMAPLimits(), mail.store)
+        self.session = IMAPSession(HOST, "test-1", limits or IMAPLimits(), mail.store, **tls)
+        self.tls_started = 0
         self.woken = 0
         self.closed = False
         self.effects: list[Effect] = []
@@ -150,6 +151,8 @@ class Client:
                 out.append(action.data)
             elif isinstance(action, Close):
                 self.closed = True
+            elif isinstance(action, StartTLS):
+                self.tls_started += 1
             else:
                 assert isinstance(action, Effect)
                 self.session.resume(self._effect(action))
