@@ -107,10 +107,10 @@ def free_ports(count: int) -> list[int]:
 class ServerProcess:
     """The real ``twistd -n mailserver`` in a subprocess (for crash tests)."""
 
-    def __init__(self, directory: str, ports: dict[str, int]) -> None:
+    def __init__(self, directory: str, ports: dict[str, int], extra: str = "") -> None:
         self.directory = directory
         self.ports = ports
-        self.config = write_config(directory, ports)
+        self.config = write_config(directory, ports, extra)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

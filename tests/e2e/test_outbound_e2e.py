@@ -7,19 +7,17 @@ from __future__ import annotations
 import email
 import email.policy
 import os
-import subprocess
-import sys
+import smtplib
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from mailserver.config import load
 from mailserver.queue.service import QueueService, spool_dir
 from tests.e2e.dns_peer import a, listen_dns, mx, null_mx
-from tests.e2e.harness import ROOT, write_config
+from tests.e2e.harness import ALICE, PASSWORD, ServerProcess, free_ports, write_config
 from tests.e2e.smtp_peers import Peer, common_port, listen_peer
 
 HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
@@ -177,33 +175,39 @@ class Outbound(unittest.TestCase):
         self.assertIn("timeout", entry.recipients[0].diagnostic)
 
     async def test_kill_9_with_messages_spooled(self) -> None:
+        """The real server: messages submitted over the MSA are spooled (250), the server
+        is killed while deliveries hang in DATA, and after a restart every recipient
+        gets exactly one copy."""
         peers = self.start_network()
         accept = peers["127.0.0.2"]
         accept.mode = "hold"
         directory = os.path.abspath(self.mktemp())
-        config_path = write_config(directory, extra=QUEUE_TOML.format(dns=self.dns, port=self.port))
+        (submission,) = free_ports(1)
+        server = ServerProcess(
+            directory,
+            {"submission": submission},
+            extra=QUEUE_TOML.format(dns=self.dns, port=self.port),
+        )
+        self.addCleanup(server.stop)
+        await threads.deferToThread(server.start)
         rcpts = [f"u{i}@accept.test" for i in range(3)]
-        runner = self.run_queue(config_path, ["--enqueue", "4", *rcpts])
-        # Spooled (the runner printed the ids after enqueue fired), and a delivery is
-        # in the middle of DATA when the process dies.
-        log = os.path.join(directory, "runner.log")
 
-        def spooled() -> int:
-            with open(log) as f:
-                return f.read().count("] queued ")
+        def submit() -> None:
+            with smtplib.SMTP("127.0.0.1", submission, timeout=30) as client:
+                client.login(ALICE, PASSWORD)  # plaintext on loopback in the test config
+                for i in range(4):
+                    message = f"From: {ALICE}\r\nSubject: message {i}\r\n\r\nbody {i}\r\n"
+                    client.sendmail(ALICE, rcpts, message.encode())
 
-        try:
-            await wait_for(lambda: spooled() == 4 and len(accept.held) >= 1)
-        finally:
-            runner.kill()
-            runner.wait()
+        await threads.deferToThread(submit)
+        await wait_for(lambda: len(accept.held) >= 1)
+        await threads.deferToThread(server.kill)  # deliveries are in the middle of DATA
         accept.mode = "accept"
+        await threads.deferToThread(server.start)
+        state = os.path.join(spool_dir(load(server.config)), "state")
+        await wait_for(lambda: os.path.isdir(state) and not os.listdir(state))
         for held in accept.held:
             self.assertFalse(held.called)
-        runner = self.run_queue(config_path, [])
-        self.addCleanup(self.stop, runner)
-        state = os.path.join(spool_dir(load(config_path)), "state")
-        await wait_for(lambda: os.path.isdir(state) and not os.listdir(state))
         copies: dict[tuple[bytes, str], int] = {}
         for received in accept.received:
             for rcpt in received.rcpt_to:
@@ -211,19 +215,3 @@ class Outbound(unittest.TestCase):
                 copies[key] = copies.get(key, 0) + 1
         self.assertEqual(len(copies), 4 * 3)
         self.assertEqual(set(copies.values()), {1})
-
-    def run_queue(self, config: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = open(os.path.join(os.path.dirname(config), "runner.log"), "ab")
-        process = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "tests", "e2e", "queue_runner.py"), config, *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        log.close()
-        return process
-
-    def stop(self, process: subprocess.Popen[Any]) -> None:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(10)
