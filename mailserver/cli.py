@@ -18,6 +18,7 @@ from mailserver.accounts import (
 from mailserver.config import ConfigError, load
 from mailserver.names import BadName, normalize_address
 from mailserver.queue import cli as queue_cli
+from mailserver.service import check_tls_files
 
 DEFAULT_CONFIG = "etc/mailserver.toml"
 
@@ -56,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_config(path: str) -> int:
-    check_passwd_file(load(path))
+    config = load(path)
+    check_passwd_file(config)
+    check_tls_files(config)
     print(f"{path}: OK")
     return 0
 

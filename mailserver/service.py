@@ -28,7 +28,7 @@ from mailserver.queue.service import QueueService
 from mailserver.smtp.protocol import SMTPFactory, SMTPPolicy
 from mailserver.smtp.session import SMTPLimits, SMTPRole
 from mailserver.store.maildir import MaildirStore
-from mailserver.tls import ServerTLS, TLSConfigError, ensure_dev_certificate
+from mailserver.tls import ServerTLS, TLSConfigError, ensure_dev_certificate, load_options
 
 log = Logger()
 
@@ -222,6 +222,16 @@ class MailServer(MultiService):
         listener = ListenerService(role, description, factory, self.reactor)
         listener.setServiceParent(self)
         self.listeners.setdefault(name, []).append(listener)
+
+
+def check_tls_files(config: Config) -> None:
+    """Raise ConfigError naming [tls] when a configured certificate or key is unusable."""
+    if config.tls.cert_file:
+        cert, key = config.resolve(config.tls.cert_file), config.resolve(config.tls.key_file)
+        try:
+            load_options(cert, key)
+        except TLSConfigError as e:
+            raise ConfigError(f"{config.path}: [tls]: {e}") from None
 
 
 def make_tls(config: Config) -> ServerTLS:

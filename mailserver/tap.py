@@ -9,6 +9,7 @@ from twisted.python import usage
 
 from mailserver.accounts import check_passwd_file
 from mailserver.config import Config, ConfigError, load
+from mailserver.service import MailServer, check_tls_files
 
 DEFAULT_CONFIG = "etc/mailserver.toml"
 
@@ -27,12 +28,12 @@ class Options(usage.Options):
         try:
             config = load(path)
             check_passwd_file(config)
+            check_tls_files(config)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         self.config: Config = config
 
 
 def makeService(options: Options) -> IService:
-    from mailserver.service import MailServer
 
     return MailServer(options.config)
