@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -111,9 +112,11 @@ class MXResolver:
             raise RouteError(Reply(550, "5.4.4", f"no address for any mail host of {domain}"))
         return found
 
-    def lookup_addresses(self, name: str) -> defer.Deferred[tuple[str, ...]]:
-        """``addresses`` in a thread."""
-        return threads.deferToThread(self.addresses, name)
+    def lookup_relay(self, name: str) -> defer.Deferred[tuple[str, ...]]:
+        """The addresses of a configured host (the smarthost) through the system's
+        resolver, in a thread: unlike MX routing, an admin's host name may live in
+        /etc/hosts (``localhost``, a name on the LAN)."""
+        return threads.deferToThread(system_addresses, name)
 
     def addresses(self, name: str) -> tuple[str, ...]:
         """IPv6 then IPv4 addresses of a host; empty when it has none."""
@@ -129,3 +132,17 @@ class MXResolver:
         if not found and failure is not None:
             raise RouteError(Reply(451, "4.4.3", f"address lookup for {name} failed: {failure}"))
         return tuple(found)
+
+
+def system_addresses(name: str) -> tuple[str, ...]:
+    """getaddrinfo's addresses of a host, in its order (RFC 6724), each once."""
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return ()
+    found: list[str] = []
+    for _, _, _, _, sockaddr in infos:
+        address = str(sockaddr[0])
+        if address not in found:
+            found.append(address)
+    return tuple(found)

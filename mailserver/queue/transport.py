@@ -133,7 +133,7 @@ class SMTPTransport:
             ipaddress.ip_address(relay)
             addresses: tuple[str, ...] = (relay,)
         except ValueError:
-            addresses = await self.resolver.lookup_addresses(relay)
+            addresses = await self.resolver.lookup_relay(relay)
         if not addresses:
             raise RouteError(Reply(451, "4.4.4", f"the relay host {relay} has no address"))
         return [MXHost(relay, 0, addresses)]

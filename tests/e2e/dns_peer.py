@@ -35,6 +35,10 @@ def a(address: str) -> dns.Record_A:
     return dns.Record_A(address)
 
 
+def aaaa(address: str) -> dns.Record_AAAA:
+    return dns.Record_AAAA(address)
+
+
 def null_mx() -> dns.Record_MX:
     """RFC 7505: ``MX 0 .``"""
     return dns.Record_MX(0, b"")

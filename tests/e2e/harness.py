@@ -22,9 +22,14 @@ BOB = "bob@example.test"
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
-def write_config(directory: str, ports: dict[str, int] | None = None, extra: str = "") -> str:
+def write_config(
+    directory: str,
+    ports: dict[str, int] | None = None,
+    extra: str = "",
+    domain: str = "example.test",
+) -> str:
     """A configuration like the embedded default, in ``directory``, on the given ports
-    (0 = ephemeral), with an empty store; returns its path."""
+    (0 = ephemeral), with an empty store, serving ``domain``; returns its path."""
     os.makedirs(directory, exist_ok=True)
     shutil.copy(os.path.join(ROOT, "etc", "passwd"), os.path.join(directory, "passwd"))
     ports = ports or {}
@@ -41,7 +46,7 @@ hostname = "mail.example.test"
 run_dir = "run"
 
 [domains]
-local = ["example.test"]
+local = ["{domain}"]
 
 [store]
 maildir = "run/Maildir"

@@ -16,7 +16,7 @@ from twisted.trial import unittest
 
 from mailserver.config import load
 from mailserver.queue.service import QueueService, spool_dir
-from tests.e2e.dns_peer import a, listen_dns, mx, null_mx
+from tests.e2e.dns_peer import a, aaaa, listen_dns, mx, null_mx
 from tests.e2e.harness import ALICE, PASSWORD, ServerProcess, free_ports, write_config
 from tests.e2e.smtp_peers import Peer, common_port, listen_peer
 
@@ -173,6 +173,25 @@ class Outbound(unittest.TestCase):
         entry = service.scheduler.entries[silent]
         self.assertGreaterEqual(entry.attempts, 1)
         self.assertIn("timeout", entry.recipients[0].diagnostic)
+
+    async def test_delivery_over_ipv6(self) -> None:
+        """An MX with only an AAAA record (RFC 5321 §5.1 works for IPv6 as for IPv4)."""
+        dns_port = listen_dns(
+            reactor, "six.test", {"six.test": [mx(10, "mx.six.test")], "mx.six.test": [aaaa("::1")]}
+        )
+        self.addCleanup(dns_port.stopListening)
+        peer = Peer("accept")
+        listening = listen_peer(reactor, "::1", 0, peer)
+        self.addCleanup(listening.stopListening)
+        directory = os.path.abspath(self.mktemp())
+        extra = QUEUE_TOML.format(dns=dns_port.getHost().port, port=listening.getHost().port)
+        service = QueueService(load(write_config(directory, extra=extra)), None, reactor)  # type: ignore[arg-type]
+        service.startService()
+        self.addCleanup(service.stopService)
+        await service.started
+        await service.enqueue("alice@example.test", ["u@six.test"], [b"Subject: v6\r\n\r\nhi\r\n"])
+        await wait_for(lambda: len(peer.received) == 1)
+        self.assertEqual(peer.received[0].rcpt_to, ["u@six.test"])
 
     async def test_kill_9_with_messages_spooled(self) -> None:
         """The real server: messages submitted over the MSA are spooled (250), the server

@@ -1,0 +1,64 @@
+"""Smarthost mode end to end: an office server relays everything through a provider's
+submission port, with STARTTLS required, the provider's certificate verified and AUTH
+with the account's password (the "app password" case). The provider is a second
+instance of our own server."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from twisted.internet import reactor, task
+from twisted.trial import unittest
+
+from mailserver.config import load
+from mailserver.service import MailServer
+from tests.e2e.harness import ALICE, BOB, PASSWORD, write_config
+
+MESSAGE = (
+    b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: via smarthost\r\n\r\nhi\r\n"
+)
+
+
+class Smarthost(unittest.TestCase):
+    timeout = 60
+
+    async def start(self, directory: str, domain: str, extra: str = "") -> MailServer:
+        config = load(write_config(directory, extra=extra, domain=domain))
+        server = MailServer(config)
+        server.startService()
+        self.addCleanup(server.stopService)
+        for listeners in server.listeners.values():
+            await listeners[0].listening
+        return server
+
+    async def test_office_relays_through_the_providers_submission_port(self) -> None:
+        provider_dir = os.path.abspath(self.mktemp())
+        provider = await self.start(provider_dir, "example.test")
+        port = provider.listeners["submission"][0].port.getHost().port
+        # The office's own domain is office.test: example.test is remote for it.
+        office = await self.start(
+            os.path.abspath(self.mktemp()),
+            "office.test",
+            extra=(
+                "[queue]\n"
+                f'relay_host = "localhost:{port}"\n'
+                f'relay_username = "{ALICE}"\n'
+                f'relay_password = "{PASSWORD}"\n'
+                f'tls_ca_file = "{provider_dir}/run/tls/ca.pem"\n'
+                "min_backoff = 0.5\nscan_interval = 0.2\n"
+            ),
+        )
+        await office.queue.started
+        await office.queue.enqueue(ALICE, [BOB], [MESSAGE])
+        inbox = os.path.join(provider_dir, "run", "Maildir", "example.test", "bob", "new")
+        deadline = time.monotonic() + 20
+        while not (os.path.isdir(inbox) and os.listdir(inbox)):
+            self.assertLess(time.monotonic(), deadline, "not relayed in time")
+            await task.deferLater(reactor, 0.05, lambda: None)
+        (name,) = os.listdir(inbox)
+        with open(os.path.join(inbox, name), "rb") as f:
+            stored = f.read()
+        self.assertTrue(stored.endswith(MESSAGE))
+        # The provider saw TLS and AUTH (RFC 3848 "ESMTPSA").
+        self.assertIn(b"with ESMTPSA", stored)
