@@ -19,6 +19,7 @@ from mailserver.config import ConfigError, load
 from mailserver.names import BadName, normalize_address
 from mailserver.queue import cli as queue_cli
 from mailserver.service import check_tls_files
+from mailserver.trace import TRACE_FILE, follow_file
 
 DEFAULT_CONFIG = "etc/mailserver.toml"
 
@@ -44,12 +45,22 @@ def main(argv: list[str] | None = None) -> int:
 
     queue_cli.add_parser(commands, DEFAULT_CONFIG)
 
+    trace = commands.add_parser(
+        "trace", help="follow the protocol trace of a server running with trace on"
+    )
+    trace.add_argument("--config", default=DEFAULT_CONFIG)
+    trace.add_argument("--json", action="store_true", help="print the raw JSON lines")
+    trace.add_argument("--from-start", action="store_true", help="show the earlier events too")
+    trace.add_argument("--no-follow", action="store_true", help="stop at the end of the file")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
             return check_config(args.config)
         if args.command == "queue":
             return queue_cli.run(args)
+        if args.command == "trace":
+            return trace_command(args)
         return user_command(args)
     except (ConfigError, PasswdFileError, BadName) as e:
         print(f"mailserver: {e}", file=sys.stderr)
@@ -61,6 +72,26 @@ def check_config(path: str) -> int:
     check_passwd_file(config)
     check_tls_files(config)
     print(f"{path}: OK")
+    return 0
+
+
+def trace_command(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    path = os.path.join(config.resolve(config.server.run_dir), TRACE_FILE)
+    if not config.server.trace:
+        print(
+            f"mailserver: trace is off in {args.config}; following {path} anyway", file=sys.stderr
+        )
+    try:
+        follow_file(
+            path,
+            lambda line: print(line, flush=True),
+            raw=args.json,
+            from_start=args.from_start,
+            keep_following=not args.no_follow,
+        )
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

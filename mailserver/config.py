@@ -27,6 +27,10 @@ class ConfigError(Exception):
 class ServerConfig:
     hostname: str = "localhost"
     run_dir: str = "run"
+    # The protocol trace (mailserver/trace.py): every line, masked, to the log and to
+    # <run_dir>/trace.jsonl; messages as "summary" (size, first lines) or "full".
+    trace: bool = False
+    trace_bodies: str = "summary"
 
 
 @dataclass(frozen=True)
@@ -322,6 +326,11 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{path}: [accounts] aliases: {e}") from None
     if not any(getattr(config.listeners, f.name) for f in dataclasses.fields(ListenersConfig)):
         raise ConfigError(f"{path}: [listeners]: no listener configured")
+    if config.server.trace_bodies not in ("summary", "full"):
+        raise ConfigError(
+            f"{path}: [server] trace_bodies: expected summary or full, "
+            f"got {config.server.trace_bodies!r}"
+        )
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         raise ConfigError(f"{path}: [tls]: cert_file and key_file go together")
     _check_queue(path, config.queue)

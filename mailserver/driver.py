@@ -9,7 +9,7 @@ commands are answered strictly in order.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import ITLSTransport
@@ -19,6 +19,9 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from mailserver.session import Close, Effect, Send, Session, StartTLS
+
+if TYPE_CHECKING:
+    from mailserver.trace import ConnectionTrace
 
 EffectRunner = Callable[[Effect], Any]
 
@@ -38,8 +41,11 @@ class SessionProtocol(Protocol, TimeoutMixin):
         idle_timeout: float | None,
         tls_context: Any = None,
         on_lost: list[Callable[[], None]] | None = None,
+        trace: ConnectionTrace | None = None,
     ) -> None:
         self.session = session
+        # The protocol trace (mailserver.trace) sees every byte in and out; None: off.
+        self.trace = trace
         self.on_lost = on_lost or []
         self.run_effect = run_effect
         self.idle_timeout = idle_timeout
@@ -51,6 +57,9 @@ class SessionProtocol(Protocol, TimeoutMixin):
     # Twisted callbacks -------------------------------------------------------------
     def connectionMade(self) -> None:
         self.setTimeout(self.idle_timeout)
+        if self.trace is not None:
+            peer, host = self.transport.getPeer(), self.transport.getHost()
+            self.trace.opened(str(getattr(peer, "host", peer)), getattr(host, "port", None))
         attach = getattr(self.session, "attach", None)
         if attach is not None:
             # Sessions that speak without being spoken to (IMAP IDLE) get a way to
@@ -62,6 +71,8 @@ class SessionProtocol(Protocol, TimeoutMixin):
         if self._closing:
             return
         self.resetTimeout()
+        if self.trace is not None:
+            self.trace.client_data(data)
         self.session.receive_data(data)
         self._pump()
 
@@ -69,13 +80,18 @@ class SessionProtocol(Protocol, TimeoutMixin):
         self.setTimeout(None)
         self._closing = True
         self.session.connection_lost()
+        if self.trace is not None:
+            self.trace.closed()
         for callback in self.on_lost:
             callback()
 
     def timeoutConnection(self) -> None:
         if self._closing:
             return
-        self.transport.write(self.session.timed_out())
+        reply = self.session.timed_out()
+        if self.trace is not None:
+            self.trace.server_data(reply)
+        self.transport.write(reply)
         self._close()
 
     # The pump -----------------------------------------------------------------------
@@ -93,6 +109,8 @@ class SessionProtocol(Protocol, TimeoutMixin):
             if action is None:
                 break
             if isinstance(action, Send):
+                if self.trace is not None:
+                    self.trace.server_data(action.data)
                 self.transport.write(action.data)
             elif isinstance(action, Close):
                 self._close()
@@ -135,6 +153,8 @@ class SessionProtocol(Protocol, TimeoutMixin):
         if self.tls_context is None or not ITLSTransport.providedBy(self.transport):
             self._close()
             return
+        if self.trace is not None:
+            self.trace.tls_started()
         self.transport.startTLS(self.tls_context)
 
     def _close(self) -> None:

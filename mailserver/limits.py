@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from mailserver.driver import SessionProtocol
 from mailserver.session import Session
+from mailserver.trace import ConnectionTrace, Tracer
 
 log = Logger()
 
@@ -64,6 +65,7 @@ class LimitedFactory(Factory):
     refusal = b""
     tls: Any = None  # offered for STARTTLS when set
     noisy = False  # our own connect/disconnect events say more than "Starting factory"
+    tracer: Tracer | None = None  # set by the service when trace mode is on
 
     def __init__(self, role: str, max_connections: int, max_connections_per_client: int) -> None:
         self.role = role
@@ -111,6 +113,13 @@ class LimitedFactory(Factory):
             spec.idle_timeout,
             tls_context=self.tls,
             on_lost=[release, *spec.on_lost],
+            trace=self._trace(session_id),
         )
         proto.factory = self
         return proto
+
+    def _trace(self, session_id: str) -> ConnectionTrace | None:
+        if self.tracer is None:
+            return None
+        # SMTPFactory keeps its SMTPRole in ``role``; the trace wants the name.
+        return self.tracer.connection(self.role, session_id)

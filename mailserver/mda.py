@@ -9,11 +9,14 @@ from twisted.logger import Logger
 
 from mailserver.accounts import Directory
 from mailserver.store.maildir import MaildirStore, Stored
+from mailserver.trace import NOTE, Tracer
 
 log = Logger()
 
 
 class MDA:
+    tracer: Tracer | None = None  # set by the service when trace mode is on
+
     def __init__(self, store: MaildirStore, directory: Directory) -> None:
         self.store = store
         self.directory = directory
@@ -54,4 +57,13 @@ class MDA:
             mailbox=mailbox,
             base=stored.base,
         )
+        if self.tracer is not None:
+            self.tracer.emit(
+                "MDA",
+                session_id,
+                NOTE,
+                f"delivered to {mailbox} INBOX as {stored.base}",
+                "RFC 5321 §4.4",
+                "Return-Path added; written, fsynced, renamed into new/",
+            )
         return stored

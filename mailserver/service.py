@@ -29,6 +29,7 @@ from mailserver.smtp.protocol import SMTPFactory, SMTPPolicy
 from mailserver.smtp.session import SMTPLimits, SMTPRole
 from mailserver.store.maildir import MaildirStore
 from mailserver.tls import ServerTLS, TLSConfigError, ensure_dev_certificate, load_options
+from mailserver.trace import TRACE_FILE, Tracer
 
 log = Logger()
 
@@ -106,6 +107,16 @@ class MailServer(MultiService):
         )
         self.login = LoginService(self.directory, reactor, config.auth)
         self.mda = MDA(self.store, self.directory)
+        self.tracer: Tracer | None = None
+        if config.server.trace:
+            # Started first (MultiService order), so it sees every listener's sessions.
+            self.tracer = Tracer(
+                full_bodies=config.server.trace_bodies == "full",
+                path=os.path.join(config.resolve(config.server.run_dir), TRACE_FILE),
+                reactor=reactor,
+            )
+            self.tracer.setServiceParent(self)
+            self.mda.tracer = self.tracer
         self.tls = make_tls(config)
         # The queue starts before the listeners that feed it (MultiService order).
         self.queue = QueueService(config, self.mda.deliver, reactor)
@@ -126,6 +137,7 @@ class MailServer(MultiService):
                 continue
             # One factory per listener kind: its limits and locks span all its endpoints.
             factory = make_factory(implicit_tls)
+            factory.tracer = self.tracer
             if implicit_tls:
                 # RFC 8314: the TLS handshake comes first, then the protocol.
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from twisted.application.service import IService
@@ -20,6 +21,9 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", DEFAULT_CONFIG, "The TOML configuration file."],
     ]
+    optFlags = [
+        ["trace", None, "Trace every protocol line (as [server] trace = true)."],
+    ]
 
     def postOptions(self) -> None:
         path = self["config"]
@@ -31,6 +35,10 @@ class Options(usage.Options):
             check_tls_files(config)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if self["trace"]:
+            config = dataclasses.replace(
+                config, server=dataclasses.replace(config.server, trace=True)
+            )
         self.config: Config = config
 
 

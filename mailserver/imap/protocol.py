@@ -2,19 +2,43 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from twisted.internet import task
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
-from mailserver.imap.session import IMAPLimits, IMAPSession, Pause, ReadMessage
+from mailserver.imap.session import (
+    AppendMessage,
+    CopyMessages,
+    IMAPLimits,
+    IMAPSession,
+    Pause,
+    ReadMessage,
+    UserSessions,
+)
 from mailserver.limits import LimitedFactory, SessionSpec, is_loopback, peer_host
 from mailserver.login import LoginService
 from mailserver.session import Authenticate, Effect
 from mailserver.store.maildir import MaildirStore
 
 log = Logger()
+
+# How often a client in IDLE hears "* OK Still here" (Dovecot's default, too).
+KEEPALIVE_INTERVAL = 120.0
+
+# One registry of logged-in sessions per store, so that the plaintext and the TLS
+# listeners (one factory each) count a user's sessions together.
+_registries: weakref.WeakKeyDictionary[MaildirStore, UserSessions] = weakref.WeakKeyDictionary()
+
+
+def sessions_for(store: MaildirStore) -> UserSessions:
+    """The process-wide registry of IMAP sessions on this store."""
+    registry = _registries.get(store)
+    if registry is None:
+        registry = _registries[store] = UserSessions()
+    return registry
 
 
 class IMAPFactory(LimitedFactory):
@@ -33,8 +57,12 @@ class IMAPFactory(LimitedFactory):
         tls: Any = None,
         implicit_tls: bool = False,
         allow_plaintext_on_loopback: bool = False,
+        sessions: UserSessions | None = None,
     ) -> None:
         super().__init__("IMAP", max_connections, max_connections_per_client)
+        self.sessions = sessions if sessions is not None else sessions_for(store)
+        self.sessions.on_change = self._sessions_changed
+        self._keepalive: task.LoopingCall | None = None
         self.tls = tls
         self.implicit_tls = implicit_tls
         self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
@@ -55,6 +83,7 @@ class IMAPFactory(LimitedFactory):
             starttls=self.tls is not None and not self.implicit_tls,
             tls_active=self.implicit_tls,
             allow_plaintext_login=self.allow_plaintext_on_loopback and is_loopback(peer),
+            sessions=self.sessions,
         )
 
         def logged(address: str | None, username: str) -> str | None:
@@ -72,6 +101,16 @@ class IMAPFactory(LimitedFactory):
                 return effect.folder.read(effect.uid)
             if isinstance(effect, Pause):
                 return task.deferLater(self.reactor, 0, lambda: None)
+            if isinstance(effect, AppendMessage):
+                return self.store.deliver(
+                    effect.address,
+                    [effect.data],
+                    effect.folder,
+                    effect.flags,
+                    effect.internal_date,
+                )
+            if isinstance(effect, CopyMessages):
+                return self.store.copy_messages(effect.source, effect.uids, effect.dest)
             if isinstance(effect, Authenticate):
                 d = self.login.login(effect.username, effect.password, "IMAP", peer)
                 d.addCallback(logged, effect.username)
@@ -79,3 +118,24 @@ class IMAPFactory(LimitedFactory):
             raise TypeError(f"unknown effect {effect!r}")
 
         return SessionSpec(session, run, self.idle_timeout)
+
+    def stopFactory(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.stop()
+            self._keepalive = None
+
+    def _sessions_changed(self) -> None:
+        """Run the IDLE keep-alive only while some session is logged in (the registry is
+        shared, so the last factory built keeps every listener's sessions alive)."""
+        if self.sessions.all():
+            if self._keepalive is None:
+                self._keepalive = task.LoopingCall(self._keep_alive)
+                self._keepalive.clock = self.reactor
+                self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
+        elif self._keepalive is not None:
+            self._keepalive.stop()
+            self._keepalive = None
+
+    def _keep_alive(self) -> None:
+        for session in self.sessions.all():
+            session.keepalive()

@@ -1,4 +1,5 @@
-"""The IMAP server session (RFC 3501, with IDLE, UNSELECT, NAMESPACE, ID, LITERAL+, SASL-IR).
+"""The IMAP server session: RFC 3501 with IDLE, UNSELECT, NAMESPACE, ID, LITERAL+, SASL-IR,
+UIDPLUS, MOVE, ENABLE, SPECIAL-USE, CHILDREN and CONDSTORE.
 
 The session frames commands (lines and literals), parses them with
 :mod:`mailserver.imap.parser` and runs each one as a small generator ("job") that yields
@@ -24,6 +25,7 @@ from typing import Any
 from twisted.python.failure import Failure
 
 from mailserver.imap import parser as p
+from mailserver.imap import search
 from mailserver.imap.fetch import (
     MessageParts,
     apply_partial,
@@ -32,10 +34,18 @@ from mailserver.imap.fetch import (
     format_internaldate,
     section_bytes,
 )
-from mailserver.names import BadName
+from mailserver.imap.utf7 import UTF7Error, decode_mailbox
+from mailserver.names import BadName, check_folder_name
 from mailserver.session import Action, Authenticate, Close, Effect, Send, StartTLS
 from mailserver.store.bus import Appended, Change, Expunged, FlagsChanged
-from mailserver.store.maildir import Folder, MaildirStore, MessageInfo, NoSuchFolder
+from mailserver.store.maildir import (
+    Folder,
+    FolderExists,
+    MaildirStore,
+    MessageInfo,
+    NoSuchFolder,
+    QuotaExceeded,
+)
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 SPECIAL_USE = {
@@ -46,8 +56,12 @@ SPECIAL_USE = {
     "Archive": "\\Archive",
 }
 DELIMITER = "."
-# How many messages a FETCH answers before it lets other sessions run.
+# How many messages a FETCH answers (or a SEARCH reads) before it lets other sessions run.
 FETCH_BATCH = 256
+# How many messages a SEARCH matches against the index alone between two pauses.
+SEARCH_BATCH = 4096
+# RFC 5161 §3.1: the extensions ENABLE can turn on.
+ENABLEABLE = ("CONDSTORE",)
 
 Job = Generator[Action, Any, None]
 
@@ -57,6 +71,70 @@ class IMAPLimits:
     max_line: int = 8192
     max_literal: int = 64 * 1024 * 1024
     max_errors: int = 20
+    # Logged-in sessions one user may have at once across the process (NO [LIMIT] beyond).
+    max_sessions_per_user: int = 20
+
+
+class UserSessions:
+    """The logged-in IMAP sessions of the process, by user (shared by all listeners).
+
+    ``on_change`` is called after every change, e.g. to run keep-alives while any
+    session is logged in.
+    """
+
+    def __init__(self) -> None:
+        self._by_user: dict[str, set[IMAPSession]] = {}
+        self.on_change: Callable[[], None] | None = None
+
+    def add(self, user: str, session: IMAPSession, limit: int) -> bool:
+        """Count a session in; False (and nothing counted) when the user is at the limit."""
+        sessions = self._by_user.setdefault(user, set())
+        if len(sessions) >= limit:
+            if not sessions:
+                del self._by_user[user]
+            return False
+        sessions.add(session)
+        if self.on_change is not None:
+            self.on_change()
+        return True
+
+    def remove(self, user: str, session: IMAPSession) -> None:
+        sessions = self._by_user.get(user)
+        if sessions is None or session not in sessions:
+            return
+        sessions.discard(session)
+        if not sessions:
+            del self._by_user[user]
+        if self.on_change is not None:
+            self.on_change()
+
+    def count(self, user: str) -> int:
+        return len(self._by_user.get(user, ()))
+
+    def all(self) -> list[IMAPSession]:
+        return [s for sessions in self._by_user.values() for s in sessions]
+
+
+@dataclass(frozen=True)
+class AppendMessage(Effect):
+    """Deliver a message durably into a folder (MaildirStore.deliver); the result is a
+    :class:`~mailserver.store.maildir.Stored`."""
+
+    address: str
+    folder: str
+    data: bytes
+    flags: tuple[str, ...]
+    internal_date: float | None
+
+
+@dataclass(frozen=True)
+class CopyMessages(Effect):
+    """Copy messages durably (MaildirStore.copy_messages); the result is the list of
+    (source UID, new UID) pairs."""
+
+    source: Folder
+    uids: tuple[int, ...]
+    dest: Folder
 
 
 @dataclass(frozen=True)
@@ -91,12 +169,19 @@ class _Selected:
             return i + 1
         return None
 
-    def remove(self, uid: int) -> int | None:
-        seq = self.seq_of(uid)
-        if seq is not None:
-            del self.uids[seq - 1]
+    def remove(self, uids: list[int]) -> list[int]:
+        """Drop these UIDs from the view; the EXPUNGE sequence numbers to report, in order
+        (each one counts the removals reported before it, RFC 3501 §7.4.1)."""
+        seqs = []
+        for uid in sorted(set(uids)):
+            seq = self.seq_of(uid)
+            if seq is not None:
+                seqs.append(seq - len(seqs))
             self.recent.discard(uid)
-        return seq
+        if seqs:
+            gone = set(uids)
+            self.uids = [uid for uid in self.uids if uid not in gone]
+        return seqs
 
 
 class IMAPSession:
@@ -109,8 +194,11 @@ class IMAPSession:
         starttls: bool = False,
         tls_active: bool = False,
         allow_plaintext_login: bool = True,
+        sessions: UserSessions | None = None,
     ) -> None:
         self.hostname = hostname
+        self.sessions = sessions
+        self.condstore = False  # RFC 7162 §3.1: on after a CONDSTORE-enabling command
         self.starttls = starttls
         self.tls = tls_active
         self.allow_plaintext_login = allow_plaintext_login
@@ -179,6 +267,19 @@ class IMAPSession:
     def connection_lost(self) -> None:
         self._closed = True
         self._unselect()
+        self._leave()
+
+    def keepalive(self) -> None:
+        """Say something to a client in IDLE, so that NATs and the client keep the
+        connection (RFC 2177 §3: the client re-issues IDLE within 29 minutes)."""
+        if self._idle_tag is not None and not self._closed:
+            self._send(b"* OK Still here\r\n")
+            if self._wake is not None:
+                self._wake()
+
+    def _leave(self) -> None:
+        if self.sessions is not None and self.user is not None:
+            self.sessions.remove(self.user, self)
 
     # Output helpers ------------------------------------------------------------------
     def _send(self, data: bytes) -> None:
@@ -191,6 +292,7 @@ class IMAPSession:
         self._out.append(Close())
         self._closed = True
         self._unselect()
+        self._leave()
 
     def _bad(self, tag: str | None, text: str) -> None:
         self._errors += 1
@@ -210,6 +312,10 @@ class IMAPSession:
             "ID",
             "CHILDREN",  # RFC 3348: LIST answers carry \HasChildren / \HasNoChildren
             "SPECIAL-USE",
+            "UIDPLUS",
+            "MOVE",
+            "ENABLE",
+            "CONDSTORE",
         ]
         if self.user is None:
             if self.starttls and not self.tls:
@@ -465,17 +571,44 @@ class IMAPSession:
             # RFC 5530 response code.
             self._tagged(tag, "NO", "[AUTHENTICATIONFAILED] Invalid credentials")
             return
+        limit = self.limits.max_sessions_per_user
+        if self.sessions is not None and not self.sessions.add(address, self, limit):
+            # RFC 5530: the user has too many sessions already.
+            self._tagged(tag, "NO", "[LIMIT] Too many sessions for this user")
+            return
         self.user = address
+        # A user who never received mail still gets INBOX and the default folders.
+        self.store.ensure_user(address)
         self._send(f"{tag} OK [CAPABILITY ".encode() + self._capabilities() + b"] Logged in\r\n")
 
     # Authenticated (RFC 3501 §6.3) -----------------------------------------------------
-    def _folder(self, tag: str, name: str) -> Folder | None:
+    def _folder(self, tag: str, name: str, trycreate: bool = False) -> Folder | None:
+        """The open folder, or None after a NO (``[TRYCREATE]`` where RFC 3501 §6.3.11 and
+        §6.4.7 ask for it)."""
         assert self.user is not None
+        if not self._valid_name(tag, name, "CANNOT" if trycreate else "NONEXISTENT"):
+            return None
         try:
             return self.store.folder(self.user, name)
         except (BadName, NoSuchFolder):
-            self._tagged(tag, "NO", "[NONEXISTENT] No such mailbox")
+            code = "TRYCREATE" if trycreate else "NONEXISTENT"
+            self._tagged(tag, "NO", f"[{code}] No such mailbox")
             return None
+
+    def _valid_name(self, tag: str, name: str, code: str = "CANNOT") -> bool:
+        """Check a mailbox name from the client before it reaches a path: modified UTF-7
+        (RFC 3501 §5.1.3) and a Maildir++ folder name (no ``/``, NUL, ``..``, not too long).
+        ``code`` is the response code of the NO (a name that cannot exist does not exist)."""
+        if name == "INBOX":
+            return True
+        try:
+            decode_mailbox(name)
+            check_folder_name(name)
+        except (UTF7Error, BadName):
+            text = "No such mailbox" if code == "NONEXISTENT" else "Invalid mailbox name"
+            self._tagged(tag, "NO", f"[{code}] {text}")
+            return False
+        return True
 
     def _cmd_SELECT(self, c: p.Command) -> None:
         self._select(c, readonly=False)
@@ -486,9 +619,7 @@ class IMAPSession:
     def _select(self, c: p.Command, readonly: bool) -> None:
         assert isinstance(c.args, p.Select)
         if c.args.condstore:
-            # RFC 7162 §3.1.8 select parameter; CONDSTORE is not advertised.
-            self._bad(c.tag, "CONDSTORE is not supported")
-            return
+            self.condstore = True  # RFC 7162 §3.1.8
         self._unselect()  # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected
         folder = self._folder(c.tag, c.args.mailbox)
         if folder is None:
@@ -509,6 +640,9 @@ class IMAPSession:
                 break
         self._send(f"* OK [UIDVALIDITY {folder.uidvalidity}] UIDs valid\r\n".encode())
         self._send(f"* OK [UIDNEXT {folder.uidnext}] Predicted next UID\r\n".encode())
+        if self.condstore:
+            # RFC 7162 §3.1.2.1
+            self._send(f"* OK [HIGHESTMODSEQ {folder.highest_modseq}] Highest\r\n".encode())
         mode = "READ-ONLY" if readonly else "READ-WRITE"
         self._tagged(c.tag, "OK", f"[{mode}] {c.name} completed")
 
@@ -540,18 +674,26 @@ class IMAPSession:
             self._send(f'* LIST (\\Noselect) "{DELIMITER}" ""\r\n'.encode())
             self._tagged(c.tag, "OK", "LIST completed")
             return
-        names = self.store.list_folders(self.user)
+        existing = self.store.list_folders(self.user)
+        exists = set(existing)
         if subscribed_only:
-            subscribed = set(self._subscriptions())
-            names = [n for n in names if n in subscribed or n == "INBOX"]
+            subscribed = self.store.subscriptions(self.user)
+            names = ["INBOX", *(n for n in subscribed if n != "INBOX")]
+        else:
+            # RFC 3501 §6.3.8: a level with children but no folder of its own is listed
+            # (as \Noselect), so that "%" can walk the hierarchy.
+            names = sorted(set(existing) | {a for n in existing for a in _ancestors(n)})
+            names.remove("INBOX")
+            names.insert(0, "INBOX")
         matcher = _pattern(reference + pattern)
         response = "LSUB" if subscribed_only else "LIST"
-        all_names = self.store.list_folders(self.user)
         for name in names:
             if not matcher(name):
                 continue
             attributes = []
-            has_children = any(other.startswith(name + DELIMITER) for other in all_names)
+            if name not in exists:
+                attributes.append("\\Noselect")
+            has_children = any(other.startswith(name + DELIMITER) for other in existing)
             attributes.append("\\HasChildren" if has_children else "\\HasNoChildren")
             if name in SPECIAL_USE:
                 attributes.append(SPECIAL_USE[name])
@@ -559,14 +701,144 @@ class IMAPSession:
             self._send(line.encode() + p.quote(name) + b"\r\n")
         self._tagged(c.tag, "OK", f"{response} completed")
 
-    def _subscriptions(self) -> list[str]:
-        assert self.user is not None
-        path = self.store.user_path(self.user) + "/subscriptions"
+    def _cmd_CREATE(self, c: p.Command) -> None:
+        assert isinstance(c.args, p.Mailbox) and self.user is not None
+        # RFC 3501 §6.3.3: a trailing delimiter only declares the intent to add children.
+        name = c.args.mailbox.rstrip(DELIMITER) or c.args.mailbox
+        if name.upper() == "INBOX":
+            self._tagged(c.tag, "NO", "[ALREADYEXISTS] INBOX always exists")
+            return
+        if not self._valid_name(c.tag, name):
+            return
         try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                return [line.strip() for line in f if line.strip()]
-        except FileNotFoundError:
-            return []
+            self.store.create_folder(self.user, name)
+        except FolderExists:
+            self._tagged(c.tag, "NO", "[ALREADYEXISTS] Mailbox exists")
+            return
+        self._tagged(c.tag, "OK", "CREATE completed")
+
+    def _cmd_DELETE(self, c: p.Command) -> None:
+        assert isinstance(c.args, p.Mailbox) and self.user is not None
+        name = c.args.mailbox
+        if name == "INBOX":
+            self._tagged(c.tag, "NO", "[CANNOT] INBOX cannot be deleted")  # RFC 3501 §6.3.4
+            return
+        if not self._valid_name(c.tag, name):
+            return
+        if self.selected is not None and self.selected.folder.name == name:
+            self._unselect()
+        try:
+            self.store.delete_folder(self.user, name)
+        except NoSuchFolder:
+            self._tagged(c.tag, "NO", "[NONEXISTENT] No such mailbox")
+            return
+        self._tagged(c.tag, "OK", "DELETE completed")
+
+    def _cmd_RENAME(self, c: p.Command) -> Job | None:
+        assert isinstance(c.args, p.Rename) and self.user is not None
+        old, new = c.args.old, c.args.new
+        if not (self._valid_name(c.tag, old) and self._valid_name(c.tag, new)):
+            return None
+        if new == "INBOX":
+            self._tagged(c.tag, "NO", "[ALREADYEXISTS] INBOX always exists")
+            return None
+        if old == "INBOX":
+            return self._rename_inbox(c.tag, new)
+        try:
+            self.store.rename_folder(self.user, old, new)
+        except NoSuchFolder:
+            self._tagged(c.tag, "NO", "[NONEXISTENT] No such mailbox")
+            return None
+        except FolderExists:
+            self._tagged(c.tag, "NO", "[ALREADYEXISTS] Target mailbox exists")
+            return None
+        except BadName as e:
+            self._tagged(c.tag, "NO", f"[CANNOT] {e}")
+            return None
+        self._tagged(c.tag, "OK", "RENAME completed")
+        return None
+
+    def _rename_inbox(self, tag: str, new: str) -> Job:
+        """RFC 3501 §6.3.5: renaming INBOX moves all its messages to the new folder and
+        leaves INBOX, empty, in place."""
+        assert self.user is not None
+        try:
+            self.store.create_folder(self.user, new)
+        except FolderExists:
+            self._tagged(tag, "NO", "[ALREADYEXISTS] Target mailbox exists")
+            return
+        inbox = self.store.folder(self.user)
+        dest = self.store.folder(self.user, new)
+        pairs = yield CopyMessages(inbox, tuple(m.uid for m in inbox.messages), dest)
+        self._own_expunges.update(src for src, _ in pairs)
+        try:
+            inbox.expunge([src for src, _ in pairs])
+        finally:
+            self._own_expunges.clear()
+        selected = self.selected
+        if selected is not None and selected.folder is inbox:
+            for seq in selected.remove([src for src, _ in pairs]):
+                self._send(f"* {seq} EXPUNGE\r\n".encode())
+        self._tagged(tag, "OK", "RENAME completed")
+
+    def _cmd_SUBSCRIBE(self, c: p.Command) -> None:
+        self._subscribe(c, True)
+
+    def _cmd_UNSUBSCRIBE(self, c: p.Command) -> None:
+        self._subscribe(c, False)
+
+    def _subscribe(self, c: p.Command, subscribed: bool) -> None:
+        # RFC 3501 §6.3.6: a name may be subscribed whether or not the mailbox exists.
+        assert isinstance(c.args, p.Mailbox) and self.user is not None
+        if not self._valid_name(c.tag, c.args.mailbox):
+            return
+        self.store.set_subscribed(self.user, c.args.mailbox, subscribed)
+        self._tagged(c.tag, "OK", f"{c.name} completed")
+
+    def _cmd_APPEND(self, c: p.Command) -> Job | None:
+        assert isinstance(c.args, p.Append) and self.user is not None
+        folder = self._folder(c.tag, c.args.mailbox, trycreate=True)
+        if folder is None:
+            return None
+        return self._append(c.tag, folder, c.args)
+
+    def _append(self, tag: str, folder: Folder, args: p.Append) -> Job:
+        assert self.user is not None
+        date = None if args.date_time is None else args.date_time.timestamp()
+        try:
+            stored = yield AppendMessage(self.user, folder.name, args.message, args.flags, date)
+        except NoSuchFolder:
+            self._tagged(tag, "NO", "[TRYCREATE] No such mailbox")
+            return
+        except QuotaExceeded:
+            self._tagged(tag, "NO", "[OVERQUOTA] Quota exceeded")  # RFC 5530
+            return
+        self._updates(allow_expunge=True)
+        if stored.uid is None:
+            self._tagged(tag, "OK", "APPEND completed")
+        else:
+            # RFC 4315 §3
+            code = f"[APPENDUID {folder.uidvalidity} {stored.uid}]"
+            self._tagged(tag, "OK", f"{code} APPEND completed")
+
+    def _cmd_ENABLE(self, c: p.Command) -> None:
+        # RFC 5161 §3.1: unknown capabilities are ignored; ENABLED lists what changed.
+        assert isinstance(c.args, p.Enable)
+        enabled = [cap for cap in dict.fromkeys(c.args.capabilities) if cap in ENABLEABLE]
+        if "CONDSTORE" in enabled:
+            self._enable_condstore()
+        self._send(" ".join(["* ENABLED", *enabled]).encode() + b"\r\n")
+        self._tagged(c.tag, "OK", "ENABLE completed")
+
+    def _enable_condstore(self) -> None:
+        """RFC 7162 §3.1: after the first CONDSTORE-enabling command, a selected mailbox
+        tells its HIGHESTMODSEQ at once (§3.1.2.1)."""
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.selected is not None:
+            modseq = self.selected.folder.highest_modseq
+            self._send(f"* OK [HIGHESTMODSEQ {modseq}] Highest\r\n".encode())
 
     def _cmd_STATUS(self, c: p.Command) -> None:
         assert isinstance(c.args, p.Status)
@@ -582,7 +854,10 @@ class IMAPSession:
             "UNSEEN": sum(1 for m in folder.messages if "\\Seen" not in m.flags),
             "SIZE": folder.total_size(),
             "DELETED": sum(1 for m in folder.messages if "\\Deleted" in m.flags),
+            "HIGHESTMODSEQ": folder.highest_modseq,  # RFC 7162 §3.1.10
         }
+        if "HIGHESTMODSEQ" in c.args.items:
+            self._enable_condstore()
         unsupported = [item for item in c.args.items if item not in values]
         if unsupported:
             self._bad(c.tag, f"Unsupported STATUS item {unsupported[0]}")
@@ -633,17 +908,20 @@ class IMAPSession:
 
     def _cmd_EXPUNGE(self, c: p.Command) -> None:
         assert self.selected is not None
-        if c.uid:
-            # RFC 4315 §2.1 needs UIDPLUS, which is not advertised.
-            self._bad(c.tag, "UID EXPUNGE is not supported")
-            return
         if self.selected.readonly:
             self._tagged(c.tag, "NO", "[READ-ONLY] Mailbox is read-only")
             return
         # Bring the view up to date first, so that every message marked \Deleted (also
         # one that arrived since) goes, and each EXPUNGE refers to the client's numbering.
         self._updates(allow_expunge=True)
-        self._expunge(None, report=True)
+        only = None
+        if c.uid:
+            # RFC 4315 §2.1: UID EXPUNGE removes only the \Deleted messages in the set.
+            assert isinstance(c.args, p.Expunge) and c.args.sequence_set is not None
+            targets = self._messages(c, c.args.sequence_set)
+            assert targets is not None  # UID sets never fail
+            only = {uid for _, uid in targets}
+        self._expunge(only, report=True)
         self._tagged(c.tag, "OK", "EXPUNGE completed")
 
     def _expunge(self, only: set[int] | None, report: bool) -> None:
@@ -661,9 +939,8 @@ class IMAPSession:
             removed = folder.expunge(doomed)
         finally:
             self._own_expunges.clear()
-        for uid in removed:
-            seq = self.selected.remove(uid)
-            if report and seq is not None:
+        for seq in self.selected.remove(removed):
+            if report:
                 self._send(f"* {seq} EXPUNGE\r\n".encode())
 
     def _messages(self, c: p.Command, sequence_set: p.SequenceSet) -> list[tuple[int, int]] | None:
@@ -686,34 +963,55 @@ class IMAPSession:
 
     def _cmd_STORE(self, c: p.Command) -> None:
         assert self.selected is not None and isinstance(c.args, p.Store)
-        if c.args.unchanged_since is not None:
-            # RFC 7162 §3.1.3; CONDSTORE is not advertised.
-            self._bad(c.tag, "CONDSTORE is not supported")
-            return
         if self.selected.readonly:
             self._tagged(c.tag, "NO", "[READ-ONLY] Mailbox is read-only")
             return
         targets = self._messages(c, c.args.sequence_set)
         if targets is None:
             return
+        unchanged_since = c.args.unchanged_since
+        if unchanged_since is not None:
+            self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE-enabling command
         folder = self.selected.folder
         change = set(c.args.flags)
-        for seq, uid in targets:
-            message = folder.by_uid(uid)
-            if message is None:
-                continue  # expunged by another session, not yet reported
-            if c.args.mode == "+":
-                flags = message.flags | change
-            elif c.args.mode == "-":
-                flags = message.flags - change
-            else:
-                flags = frozenset(change)
-            if flags != message.flags:
-                self._set_flags(uid, flags)
-            if not c.args.silent:
-                self._send(self._fetch_line(seq, uid, self._flag_items(uid, c.uid)))
+        modified: list[int] = []
+        with folder.changes():
+            for seq, uid in targets:
+                message = folder.by_uid(uid)
+                if message is None:
+                    continue  # expunged by another session, not yet reported
+                if unchanged_since is not None and message.modseq > unchanged_since:
+                    # RFC 7162 §3.1.3: changed since the client looked; left alone.
+                    modified.append(uid if c.uid else seq)
+                    continue
+                if c.args.mode == "+":
+                    flags = message.flags | change
+                elif c.args.mode == "-":
+                    flags = message.flags - change
+                else:
+                    flags = frozenset(change)
+                changed = flags != message.flags
+                if changed:
+                    self._set_flags(uid, flags)
+                if not c.args.silent:
+                    self._send(self._fetch_line(seq, uid, self._flag_items(uid, c.uid)))
+                elif changed and self.condstore:
+                    # RFC 7162 §3.1.3: even .SILENT reports the new MODSEQ.
+                    items = [b"MODSEQ (%d)" % self._modseq(uid)]
+                    if c.uid:
+                        items.insert(0, b"UID %d" % uid)
+                    self._send(self._fetch_line(seq, uid, items))
         self._updates(allow_expunge=c.uid)
-        self._tagged(c.tag, "OK", "STORE completed")
+        if modified:
+            numbers = _number_set(sorted(modified))
+            self._tagged(c.tag, "OK", f"[MODIFIED {numbers}] Conditional STORE failed")
+        else:
+            self._tagged(c.tag, "OK", "STORE completed")
+
+    def _modseq(self, uid: int) -> int:
+        assert self.selected is not None
+        message = self.selected.folder.by_uid(uid)
+        return message.modseq if message is not None else 0
 
     def _set_flags(self, uid: int, flags: frozenset[str]) -> None:
         assert self.selected is not None
@@ -724,9 +1022,12 @@ class IMAPSession:
             self._own_flags.discard(uid)
 
     def _flag_items(self, uid: int, with_uid: bool) -> list[bytes]:
+        """FLAGS (with UID when asked, and MODSEQ once CONDSTORE is on, RFC 7162 §3.1.4)."""
         items = [b"FLAGS " + self._flags(uid)]
         if with_uid:
             items.insert(0, b"UID %d" % uid)
+        if self.condstore:
+            items.append(b"MODSEQ (%d)" % self._modseq(uid))
         return items
 
     def _flags(self, uid: int) -> bytes:
@@ -745,11 +1046,20 @@ class IMAPSession:
         targets = self._messages(c, c.args.sequence_set)
         if targets is None:
             return None
-        if c.args.changed_since is not None or any(a.name == "MODSEQ" for a in c.args.attributes):
-            # RFC 7162 §3.1.4; CONDSTORE is not advertised.
-            self._bad(c.tag, "CONDSTORE is not supported")
-            return None
         attributes = list(c.args.attributes)
+        changed_since = c.args.changed_since
+        if changed_since is not None or any(a.name == "MODSEQ" for a in attributes):
+            self._enable_condstore()  # RFC 7162 §3.1
+        if changed_since is not None:
+            # RFC 7162 §3.1.4.1: only what changed since, and MODSEQ with it.
+            folder = self.selected.folder
+            targets = [
+                (seq, uid)
+                for seq, uid in targets
+                if (m := folder.by_uid(uid)) is not None and m.modseq > changed_since
+            ]
+            if not any(a.name == "MODSEQ" for a in attributes):
+                attributes.append(p.FetchAtt("MODSEQ"))
         if c.uid and not any(a.name == "UID" for a in attributes):
             attributes.insert(0, p.FetchAtt("UID"))  # RFC 3501 §6.4.8
         return self._fetch(c, targets, attributes)
@@ -787,6 +1097,8 @@ class IMAPSession:
             if flags_changed and not any(a.name == "FLAGS" for a in attributes):
                 # RFC 3501 §6.4.5: report the implicit \Seen.
                 items.append(b"FLAGS " + self._flags(uid))
+            if flags_changed and self.condstore and not any(a.name == "MODSEQ" for a in attributes):
+                items.append(b"MODSEQ (%d)" % self._modseq(uid))
             self._send(self._fetch_line(seq, uid, items))
             if count % FETCH_BATCH == 0:
                 yield Pause()
@@ -794,6 +1106,115 @@ class IMAPSession:
                     return
         self._updates(allow_expunge=c.uid)
         self._tagged(c.tag, "OK", "FETCH completed")
+
+    def _cmd_COPY(self, c: p.Command) -> Job | None:
+        return self._copy(c, move=False)
+
+    def _cmd_MOVE(self, c: p.Command) -> Job | None:
+        return self._copy(c, move=True)
+
+    def _copy(self, c: p.Command, move: bool) -> Job | None:
+        """COPY (RFC 3501 §6.4.7) and MOVE (RFC 6851), with COPYUID (RFC 4315 §3)."""
+        assert self.selected is not None and isinstance(c.args, p.CopyMove)
+        if move and self.selected.readonly:
+            self._tagged(c.tag, "NO", "[READ-ONLY] Mailbox is read-only")
+            return None
+        targets = self._messages(c, c.args.sequence_set)
+        if targets is None:
+            return None
+        dest = self._folder(c.tag, c.args.mailbox, trycreate=True)
+        if dest is None:
+            return None
+        return self._copy_job(c, targets, dest, move)
+
+    def _copy_job(
+        self, c: p.Command, targets: list[tuple[int, int]], dest: Folder, move: bool
+    ) -> Job:
+        assert self.selected is not None
+        selected = self.selected
+        folder = selected.folder
+        uids = tuple(uid for _, uid in targets if folder.by_uid(uid) is not None)
+        pairs = (yield CopyMessages(folder, uids, dest)) if uids else []
+        code = ""
+        if pairs:
+            sources = _number_set([src for src, _ in pairs])
+            copies = _number_set([dst for _, dst in pairs])
+            code = f"[COPYUID {dest.uidvalidity} {sources} {copies}] "
+        if move:
+            if code:
+                # RFC 6851 §4.3: COPYUID goes in an untagged OK before the EXPUNGEs.
+                self._send(f"* OK {code}Moved\r\n".encode())
+                code = ""
+            moved = [src for src, _ in pairs]
+            self._own_expunges.update(moved)
+            try:
+                removed = folder.expunge(moved)
+            finally:
+                self._own_expunges.clear()
+            for seq in selected.remove(removed):
+                self._send(f"* {seq} EXPUNGE\r\n".encode())
+        self._updates(allow_expunge=c.uid or move)
+        self._tagged(c.tag, "OK", f"{code}{c.name} completed")
+
+    def _cmd_SEARCH(self, c: p.Command) -> Job | None:
+        assert self.selected is not None and isinstance(c.args, p.Search)
+        try:
+            program = search.compile_search(c.args.charset, c.args.keys)
+        except search.BadCharset:
+            # RFC 3501 §6.4.4, §7.1
+            charsets = " ".join(search.CHARSETS)
+            self._tagged(c.tag, "NO", f"[BADCHARSET ({charsets})] Unsupported charset")
+            return None
+        except search.SearchError as e:
+            self._bad(c.tag, str(e))
+            return None
+        if program.uses_modseq:
+            self._enable_condstore()
+        return self._search(c, program)
+
+    def _search(self, c: p.Command, program: search.Program) -> Job:
+        """Match against the index first; read (in a thread, via ReadMessage) only the
+        messages the index cannot decide, and pause now and then for other sessions."""
+        assert self.selected is not None
+        selected = self.selected
+        folder = selected.folder
+        uids = list(selected.uids)
+        last_seq, last_uid = len(uids), (uids[-1] if uids else 0)
+        found: list[int] = []
+        highest = 0
+        reads = 0
+        for seq, uid in enumerate(uids, 1):
+            message = folder.by_uid(uid)
+            if message is None:
+                continue
+            candidate = search.Candidate(seq, message, uid in selected.recent, last_seq, last_uid)
+            result = program.key.match(candidate, None)
+            if result is None:
+                try:
+                    data = yield ReadMessage(folder, uid)
+                except (OSError, KeyError):
+                    continue
+                reads += 1
+                message = folder.by_uid(uid)
+                if message is None:
+                    continue
+                candidate = search.Candidate(
+                    seq, message, uid in selected.recent, last_seq, last_uid
+                )
+                result = program.key.match(candidate, MessageParts(data))
+                if reads % FETCH_BATCH == 0:
+                    yield Pause()
+            elif seq % SEARCH_BATCH == 0:
+                yield Pause()
+            if result:
+                found.append(uid if c.uid else seq)
+                highest = max(highest, message.modseq)
+        line = " ".join(["* SEARCH", *map(str, found)])
+        if program.uses_modseq and found:
+            line += f" (MODSEQ {highest})"  # RFC 7162 §3.1.5
+        self._send(line.encode() + b"\r\n")
+        self._updates(allow_expunge=c.uid)
+        self._tagged(c.tag, "OK", "SEARCH completed")
 
     def _fetch_item(
         self, att: p.FetchAtt, message: MessageInfo, uid: int, parts: MessageParts | None
@@ -807,6 +1228,8 @@ class IMAPSession:
             return b"INTERNALDATE " + format_internaldate(message.internal_date)
         if name == "RFC822.SIZE":
             return b"RFC822.SIZE %d" % message.size
+        if name == "MODSEQ":
+            return b"MODSEQ (%d)" % message.modseq  # RFC 7162 §3.1.4.1
         assert parts is not None
         if att.section is not None:
             data = apply_partial(section_bytes(parts, att.section), att.partial)
@@ -860,10 +1283,8 @@ class IMAPSession:
             selected.keywords = keywords
             self._send_flags(selected)
         if allow_expunge and selected.expunged:
-            for uid in selected.expunged:
-                seq = selected.remove(uid)
-                if seq is not None:
-                    self._send(f"* {seq} EXPUNGE\r\n".encode())
+            for seq in selected.remove(selected.expunged):
+                self._send(f"* {seq} EXPUNGE\r\n".encode())
             selected.expunged = []
         if selected.appended:
             selected.appended = False
@@ -899,6 +1320,25 @@ def folder_keywords(folder: Folder) -> tuple[str, ...]:
     return tuple(k for k in folder.keywords.names if k)
 
 
+def _number_set(numbers: list[int]) -> str:
+    """A sequence set for these numbers, in their order, runs written as ``a:b``."""
+    parts: list[str] = []
+    i = 0
+    while i < len(numbers):
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        parts.append(str(numbers[i]) if i == j else f"{numbers[i]}:{numbers[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def _ancestors(name: str) -> list[str]:
+    """The levels above a hierarchical name: ``a.b.c`` -> ``a``, ``a.b``."""
+    levels = name.split(DELIMITER)
+    return [DELIMITER.join(levels[:i]) for i in range(1, len(levels))]
+
+
 def _literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
 
@@ -929,7 +1369,9 @@ def _pattern(pattern: str) -> Callable[[str], bool]:
     return match
 
 
-_INDEX_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"})
+_INDEX_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
 _ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID", "LOGIN", "AUTHENTICATE", "STARTTLS"})
 _NOT_AUTHENTICATED_STATE = frozenset({"LOGIN", "AUTHENTICATE", "STARTTLS"})
-_SELECTED_STATE = frozenset({"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "STORE", "FETCH"})
+_SELECTED_STATE = frozenset(
+    {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "STORE", "FETCH", "SEARCH", "COPY", "MOVE"}
+)

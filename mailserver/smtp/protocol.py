@@ -57,7 +57,7 @@ class SMTPFactory(LimitedFactory):
         max_connections_per_client: int = 20,
     ) -> None:
         super().__init__(role.name, max_connections, max_connections_per_client)
-        self.role = role
+        self.smtp_role = role
         self.hostname = hostname
         self.limits = limits
         self.idle_timeout = idle_timeout
@@ -69,7 +69,7 @@ class SMTPFactory(LimitedFactory):
 
     def build_session(self, addr: IAddress, session_id: str) -> SessionSpec:
         peer = peer_host(addr)
-        role = self.role
+        role = self.smtp_role
         if self.allow_plaintext_on_loopback and is_loopback(peer) and role.auth:
             role = SMTPRole(**{**role.__dict__, "plaintext_auth": True})
         session = SMTPSession(
@@ -97,7 +97,7 @@ class SMTPFactory(LimitedFactory):
             d.addCallback(self._logged, "data", session_id, env.mail_from)
             return d
         if isinstance(effect, Authenticate):
-            d = self.login.login(effect.username, effect.password, self.role.name, peer)
+            d = self.login.login(effect.username, effect.password, self.role, peer)
             d.addCallback(self._auth_logged, session_id, peer, effect.username)
             return d
         raise TypeError(f"unknown effect {effect!r}")
@@ -105,7 +105,7 @@ class SMTPFactory(LimitedFactory):
     def _logged(self, reply: Reply, step: str, session_id: str, address: str) -> Reply:
         log.info(
             "{role} {step} session={session} address=<{address}> result={code} {text}",
-            role=self.role.name,
+            role=self.role,
             step=step,
             session=session_id,
             address=address,
@@ -117,7 +117,7 @@ class SMTPFactory(LimitedFactory):
     def _auth_logged(self, address: str | None, session_id: str, peer: str, user: str) -> Any:
         log.info(
             "{role} auth {result} session={session} peer={peer} user={user!r}",
-            role=self.role.name,
+            role=self.role,
             result="ok" if address else "failed",
             session=session_id,
             peer=peer,
@@ -129,7 +129,7 @@ class SMTPFactory(LimitedFactory):
         log.failure(
             "{role} delivery failed session={session}",
             failure,
-            role=self.role.name,
+            role=self.role,
             session=env.session_id,
         )
         return Reply(451, "4.3.0", "Local error in processing, try again later")

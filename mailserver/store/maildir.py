@@ -12,13 +12,16 @@ thread, which owns the in-memory index of each open folder.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
+import shutil
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet import defer, threads
 
@@ -51,6 +54,7 @@ class MessageInfo:
     size: int  # octets as served (CRLF line ends): IMAP RFC822.SIZE, POP3 LIST
     internal_date: float
     crlf: bool  # False for files written by other tools with bare LF line ends
+    modseq: int = 1  # RFC 7162: the mod-sequence of the message's last metadata change
 
 
 class NoSuchFolder(Exception):
@@ -171,13 +175,17 @@ class Folder:
         self._by_base: dict[str, MessageInfo] = {}
         self._uidlist = uidlist.UidList.fresh()
         self._dir_stamp: tuple[int, int] = (0, 0)
+        # The change-bus key: the path it was opened at, kept when the folder is renamed.
+        self.key = path
+        self.deleted = False
+        self._pending: list[uidlist.UidRecord] | None = None  # see changes()
         self.scan()
 
     # Identity and counters ---------------------------------------------------------
     @property
-    def key(self) -> str:
-        """The change-bus key of this folder."""
-        return self.path
+    def highest_modseq(self) -> int:
+        """RFC 7162 §3.1.1 HIGHESTMODSEQ."""
+        return self._uidlist.highest_modseq
 
     @property
     def uidvalidity(self) -> int:
@@ -202,7 +210,7 @@ class Folder:
 
     def refresh(self) -> None:
         """Rescan if another program changed new/ or cur/ since we last looked."""
-        if self._stamp() != self._dir_stamp:
+        if not self.deleted and self._stamp() != self._dir_stamp:
             self.scan()
 
     def scan(self) -> None:
@@ -225,49 +233,76 @@ class Folder:
         for base in unknown:
             subdir, info = found[base]
             path = os.path.join(self.path, subdir, self._filename(base, subdir, info))
+            fields = _base_fields(base)
             try:
-                size, _ = _served_size(path)
+                # Dovecot-style names carry the sizes: the file need not be read.
+                if "W" in fields:
+                    size, crlf = fields["W"], fields["W"] == fields.get("S")
+                else:
+                    size, crlf = _served_size(path)
                 date = os.stat(path).st_mtime
             except FileNotFoundError:
                 continue
-            record = uidlist.UidRecord(stored.uidnext, base, date, size)
+            stored.highest_modseq += 1
+            record = uidlist.UidRecord(
+                stored.uidnext, base, date, size, stored.highest_modseq, crlf
+            )
             stored.uidnext += 1
             stored.records[base] = record
             appended.append(record)
         gone = [base for base in stored.records if base not in found]
         for base in gone:
             del stored.records[base]
-        self._uidlist = stored
         if gone:
-            uidlist.rewrite(self.path, stored)
-        elif appended:
-            uidlist.append(self.path, stored, appended)
-        old_uids = set(self._by_uid)
-        self.messages = []
+            stored.highest_modseq += 1  # RFC 7162 §3.1.1: an expunge is a change too
+        self._uidlist = stored
+        old = self._by_uid
+        messages = []
+        flag_changes = []
+        flag_sets: dict[str, frozenset[str]] = {}  # most files share a few flag suffixes
         for record in sorted(stored.records.values(), key=lambda r: r.uid):
             subdir, info = found[record.base]
-            crlf = crlf_from_base(record.base)
+            crlf = record.crlf
+            if crlf is None:
+                crlf = crlf_from_base(record.base)
             if crlf is None:
                 filename = self._filename(record.base, subdir, info)
                 crlf = self._known_crlf(record.base, os.path.join(self.path, subdir, filename))
-            self.messages.append(
+            flags = flag_sets.get(info) if subdir == "cur" else frozenset()
+            if flags is None:
+                flags = flag_sets[info] = self._flags_from_info(info)
+            before = old.get(record.uid)
+            if before is not None and before.flags != flags:
+                # Another program renamed the file with other flags.
+                stored.highest_modseq += 1
+                record.modseq = stored.highest_modseq
+                flag_changes.append(record)
+            messages.append(
                 MessageInfo(
                     uid=record.uid,
                     base=record.base,
                     subdir=subdir,
-                    flags=self._flags_from_info(info),
+                    flags=flags,
                     size=record.size,
                     internal_date=record.internal_date,
                     crlf=crlf,
+                    modseq=record.modseq,
                 )
             )
-        self._by_uid = {m.uid: m for m in self.messages}
-        self._by_base = {m.base: m for m in self.messages}
+        if gone:
+            uidlist.rewrite(self.path, stored)
+        elif appended or flag_changes:
+            uidlist.append(self.path, stored, appended + flag_changes, bool(flag_changes))
+        self.messages = messages
+        self._by_uid = {m.uid: m for m in messages}
+        self._by_base = {m.base: m for m in messages}
         bus = self.store.bus
-        for uid in sorted(old_uids - set(self._by_uid)):
+        for uid in sorted(set(old) - set(self._by_uid)):
             bus.publish(Expunged(self.key, uid))
-        for uid in sorted(set(self._by_uid) - old_uids):
-            if old_uids or self.store.bus.listeners(self.key):
+        for record in flag_changes:
+            bus.publish(FlagsChanged(self.key, record.uid, self._by_uid[record.uid].flags))
+        for uid in sorted(set(self._by_uid) - set(old)):
+            if old or self.store.bus.listeners(self.key):
                 bus.publish(Appended(self.key, uid))
 
     def _known_crlf(self, base: str, path: str) -> bool:
@@ -321,6 +356,7 @@ class Folder:
         if new_flags == message.flags and message.subdir == "cur":
             return message
         old_path = self.file_path(message)
+        old_flags = message.flags
         message.flags = frozenset(
             f for f in new_flags if f in SYSTEM_FLAG_LETTERS or self.keywords.letter(f)
         )
@@ -330,9 +366,36 @@ class Folder:
         except FileNotFoundError:
             self.scan()
             return self._by_uid.get(uid)
-        self._dir_stamp = self._stamp()
+        if message.flags == old_flags:
+            self._dir_stamp = self._stamp()
+            return message  # only moved from new/ to cur/: no metadata change
+        self._uidlist.highest_modseq += 1
+        message.modseq = self._uidlist.highest_modseq
+        record = self._uidlist.records.get(message.base)
+        if record is not None:
+            record.modseq = message.modseq
+            if self._pending is not None:
+                self._pending.append(record)
+            else:
+                uidlist.append(self.path, self._uidlist, [record], updated=True)
+                self._dir_stamp = self._stamp()
         self.store.bus.publish(FlagsChanged(self.key, uid, message.flags))
         return message
+
+    @contextlib.contextmanager
+    def changes(self) -> Iterator[None]:
+        """Batch the bookkeeping of many set_flags calls (one UID-list write at the end)."""
+        if self._pending is not None:
+            yield
+            return
+        self._pending = []
+        try:
+            yield
+        finally:
+            pending, self._pending = self._pending, None
+            if pending:
+                uidlist.append(self.path, self._uidlist, pending, updated=True)
+            self._dir_stamp = self._stamp()
 
     def take_new(self) -> list[int]:
         """Move messages from new/ to cur/ (a client has now seen them); their UIDs."""
@@ -368,6 +431,7 @@ class Folder:
             return removed
         gone = set(removed)
         self.messages = [m for m in self.messages if m.uid not in gone]
+        self._uidlist.highest_modseq += 1  # RFC 7162 §3.1.1: an expunge is a change
         uidlist.rewrite(self.path, self._uidlist)
         self._dir_stamp = self._stamp()
         for uid in removed:
@@ -381,36 +445,99 @@ class Folder:
         if message is None:
             return defer.fail(KeyError(uid))
         path = self.file_path(message)
+        in_thread = self.store.run_in_thread
 
         def retry_if_renamed(failure):  # type: ignore[no-untyped-def]
             failure.trap(FileNotFoundError)
             current = self._by_uid.get(uid)
             if current is None or self.file_path(current) == path:
                 return failure
-            return threads.deferToThread(read_message_file, self.file_path(current), message.crlf)
+            return in_thread(read_message_file, self.file_path(current), message.crlf)
 
-        d = threads.deferToThread(read_message_file, path, message.crlf)
+        d = in_thread(read_message_file, path, message.crlf)
         d.addErrback(retry_if_renamed)
         return d
 
     # Delivery bookkeeping --------------------------------------------------------------
-    def adopt(self, base: str, subdir: str, flags: frozenset[str], size: int, date: float) -> int:
+    def adopt(
+        self,
+        base: str,
+        subdir: str,
+        flags: frozenset[str],
+        size: int,
+        date: float,
+        crlf: bool = True,
+    ) -> int:
         """Index a message that was just written into this folder; return its UID."""
         known = self._by_base.get(base)
         if known is not None:
             return known.uid
         uid = self._uidlist.uidnext
         self._uidlist.uidnext += 1
-        record = uidlist.UidRecord(uid, base, date, size)
+        self._uidlist.highest_modseq += 1
+        modseq = self._uidlist.highest_modseq
+        record = uidlist.UidRecord(uid, base, date, size, modseq, crlf)
         self._uidlist.records[base] = record
         uidlist.append(self.path, self._uidlist, [record])
-        message = MessageInfo(uid, base, subdir, flags, size, date, True)
+        kept = frozenset(f for f in flags if f in SYSTEM_FLAG_LETTERS or self.keywords.letter(f))
+        message = MessageInfo(uid, base, subdir, kept, size, date, crlf, modseq)
         self.messages.append(message)
         self._by_uid[uid] = message
         self._by_base[base] = message
         self._dir_stamp = self._stamp()
         self.store.bus.publish(Appended(self.key, uid))
         return uid
+
+    def copy_plan(self, uids: Iterable[int], dest: Folder) -> list[_CopyItem]:
+        """What copying these messages into ``dest`` involves (computed on the reactor)."""
+        plan = []
+        for uid in uids:
+            message = self._by_uid.get(uid)
+            if message is None:
+                continue
+            fields = _base_fields(message.base)
+            suffix = f",S={fields['S']},W={fields['W']}" if "S" in fields and "W" in fields else ""
+            base = unique_base(self.store.hostname) + suffix
+            subdir = "cur" if message.flags else "new"
+            info = dest._info_from_flags(message.flags)
+            target = os.path.join(dest.path, subdir, dest._filename(base, subdir, info))
+            plan.append(_CopyItem(message, self.file_path(message), target, base, subdir))
+        return plan
+
+    def _forget(self) -> None:
+        """The folder is gone from disk: every session that has it open hears it emptied."""
+        self.deleted = True
+        uids = [m.uid for m in self.messages]
+        self.messages, self._by_uid, self._by_base = [], {}, {}
+        for uid in uids:
+            self.store.bus.publish(Expunged(self.key, uid))
+
+
+@dataclass(frozen=True)
+class _CopyItem:
+    message: MessageInfo
+    source: str
+    target: str
+    base: str
+    subdir: str
+
+
+def _link_or_copy(source: str, target: str, tmp_dir: str) -> None:
+    """Put the file at ``target`` as a hard link (Maildir allows it), else a synced copy."""
+    try:
+        os.link(source, target)
+        return
+    except FileNotFoundError:
+        raise
+    except OSError:
+        pass  # a file system without hard links
+    with open(source, "rb") as f:
+        data = f.read()
+    tmp = os.path.join(tmp_dir, os.path.basename(target).partition(":")[0])
+    write_synced(tmp, [data])
+    stat = os.stat(source)
+    os.utime(tmp, (stat.st_mtime, stat.st_mtime))
+    os.rename(tmp, target)
 
 
 @dataclass(frozen=True)
@@ -431,11 +558,14 @@ class MaildirStore:
         bus: ChangeBus | None = None,
         hostname: str | None = None,
         quota_bytes: int = 0,
+        run_in_thread: Callable[..., defer.Deferred[Any]] = threads.deferToThread,
     ) -> None:
         self.root = os.path.abspath(root)
         self.bus = bus if bus is not None else ChangeBus()
         self.hostname = hostname or socket.gethostname()
         self.quota_bytes = quota_bytes
+        # Where blocking disk work runs (a thread; tests may run it inline).
+        self.run_in_thread = run_in_thread
         self.syncer = DirectorySyncer()
         self._open: dict[str, Folder] = {}
 
@@ -496,11 +626,129 @@ class MaildirStore:
         return names
 
     def create_folder(self, address: str, name: str) -> None:
+        """Create a folder and, as RFC 3501 §6.3.3 suggests, its missing parents."""
         path = self.folder_path(address, name)
         if name.upper() == "INBOX" or os.path.exists(path):
             raise FolderExists(name)
         self.ensure_user(address)
+        levels = name.split(".")
+        for depth in range(1, len(levels)):
+            parent = self.folder_path(address, ".".join(levels[:depth]))
+            if not os.path.isdir(os.path.join(parent, "cur")):
+                _make_maildir(parent, folder=True)
         _make_maildir(path, folder=True)
+
+    def delete_folder(self, address: str, name: str) -> None:
+        """Remove a folder and its messages (not its sub-folders, which stay as they are).
+
+        The directory is first renamed out of the way (atomic: no half-deleted folder is
+        ever listed), then removed in a thread.
+        """
+        if name.upper() == "INBOX":
+            raise BadName("INBOX cannot be deleted")
+        path = self.folder_path(address, name)
+        if not os.path.isdir(os.path.join(path, "cur")):
+            raise NoSuchFolder(name)
+        doomed = os.path.join(self.user_path(address), "tmp", f".deleted-{secrets.token_hex(8)}")
+        os.rename(path, doomed)
+        folder = self._open.pop(path, None)
+        if folder is not None:
+            folder._forget()
+        self.run_in_thread(shutil.rmtree, doomed, True)
+
+    def rename_folder(self, address: str, old: str, new: str) -> None:
+        """Rename a folder and its sub-folders (RFC 3501 §6.3.5); not for INBOX."""
+        if old.upper() == "INBOX":
+            raise BadName("INBOX is renamed by moving its messages")
+        old_path = self.folder_path(address, old)
+        new_path = self.folder_path(address, new)
+        if not os.path.isdir(os.path.join(old_path, "cur")):
+            raise NoSuchFolder(old)
+        if new.upper() == "INBOX" or os.path.exists(new_path):
+            raise FolderExists(new)
+        if new.startswith(old + "."):
+            raise BadName("a folder cannot become its own child")
+        moves = [(old, new)] + [
+            (name, new + name[len(old) :])
+            for name in self.list_folders(address)
+            if name.startswith(old + ".")
+        ]
+        for name, _ in moves:
+            self.folder_path(address, new + name[len(old) :])  # all new names valid first
+        levels = new.split(".")
+        for depth in range(1, len(levels)):
+            parent = self.folder_path(address, ".".join(levels[:depth]))
+            if not os.path.isdir(os.path.join(parent, "cur")):
+                _make_maildir(parent, folder=True)
+        for name, target in moves:
+            source_path = self.folder_path(address, name)
+            target_path = self.folder_path(address, target)
+            os.rename(source_path, target_path)
+            folder = self._open.pop(source_path, None)
+            if folder is not None:
+                folder.name, folder.path = target, target_path
+                folder.keywords.path = os.path.join(target_path, KEYWORDS_FILE)
+                self._open[target_path] = folder
+        fsync_dir(self.user_path(address))
+
+    # Subscriptions (the ``subscriptions`` file, one name a line) ----------------------
+    def subscriptions(self, address: str) -> list[str]:
+        path = os.path.join(self.user_path(address), "subscriptions")
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                return [line.strip() for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def set_subscribed(self, address: str, name: str, subscribed: bool) -> None:
+        """Add or remove a name; the file is replaced atomically (write, rename)."""
+        names = self.subscriptions(address)
+        if subscribed == (name in names):
+            return
+        names = [*names, name] if subscribed else [n for n in names if n != name]
+        self.ensure_user(address)
+        path = os.path.join(self.user_path(address), "subscriptions")
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.writelines(f"{n}\n" for n in names)
+        os.replace(tmp, path)
+
+    # Copies -------------------------------------------------------------------------
+    def copy_messages(
+        self, source: Folder, uids: Iterable[int], dest: Folder
+    ) -> defer.Deferred[list[tuple[int, int]]]:
+        """Copy messages (flags and internal date kept) durably into ``dest``.
+
+        Each file is hard-linked (or copied) under a new name and the target directories
+        are fsynced in a thread; then the copies get UIDs. The result pairs each source
+        UID with its new UID, in source UID order; a message expunged meanwhile is left out.
+        """
+        plan = source.copy_plan(sorted(set(uids)), dest)
+        tmp_dir = os.path.join(dest.path, "tmp")
+
+        def work() -> list[_CopyItem]:
+            done = []
+            for item in plan:
+                try:
+                    _link_or_copy(item.source, item.target, tmp_dir)
+                except FileNotFoundError:
+                    continue
+                done.append(item)
+            for subdir in {item.subdir for item in done}:
+                self.syncer.sync(os.path.join(dest.path, subdir))
+            return done
+
+        def adopt(done: list[_CopyItem]) -> list[tuple[int, int]]:
+            pairs = []
+            for item in done:
+                m = item.message
+                uid = dest.adopt(item.base, item.subdir, m.flags, m.size, m.internal_date, m.crlf)
+                pairs.append((m.uid, uid))
+            return pairs
+
+        d = self.run_in_thread(work)
+        d.addCallback(adopt)
+        return d
 
     # Delivery --------------------------------------------------------------------------
     def deliver(
@@ -550,7 +798,7 @@ class MaildirStore:
             uid = current.adopt(base, subdir, flag_set, size, date) if current else None
             return Stored(folder, base, uid)
 
-        d = threads.deferToThread(write)
+        d = self.run_in_thread(write)
         d.addCallback(written)
         return d
 

@@ -4,12 +4,15 @@ and never reused while UIDVALIDITY stays the same).
 The file is ``mailserver-uidlist`` in the folder's directory, in the layout of Dovecot's
 ``dovecot-uidlist`` version 3, so an admin can read it::
 
-    3 V<uidvalidity> N<uidnext>
-    <uid> T<internal date> W<size> :<maildir base name>
+    3 V<uidvalidity> N<uidnext> M<highest modseq>
+    <uid> T<internal date> W<size> M<modseq> [C0] :<maildir base name>
 
-New messages are appended; the file is rewritten (atomically, by rename) when expunged
-entries are dropped. If the file is lost, the folder gets a new UIDVALIDITY, which tells
-clients to forget their cached UIDs, as the RFC requires.
+``M`` is the message's RFC 7162 mod-sequence; ``C0`` marks a file with bare LF line ends
+(written by another tool), so that it need not be read again to find out. New messages
+are appended, and so is a message's record again when its flags change (the later line
+wins on load); the file is rewritten (atomically, by rename) when expunged entries are
+dropped or the repeated records pile up. If the file is lost, the folder gets a new
+UIDVALIDITY, which tells clients to forget their cached UIDs, as the RFC requires.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class UidRecord:
     base: str
     internal_date: float
     size: int
+    modseq: int = 1
+    crlf: bool | None = None  # None: not recorded (a file from an older version)
 
 
 @dataclass
@@ -34,6 +39,10 @@ class UidList:
     uidvalidity: int
     uidnext: int
     records: dict[str, UidRecord]
+    # RFC 7162 §3.1.1: the highest mod-sequence of the folder, also counting expunges.
+    highest_modseq: int = 1
+    # Lines in the file beyond one per record (repeated records): when to compact.
+    extra_lines: int = 0
 
     @classmethod
     def fresh(cls) -> UidList:
@@ -55,14 +64,17 @@ def load(folder_path: str) -> UidList:
         return UidList.fresh()
     fields = {item[0]: item[1:] for item in header[1:] if item}
     try:
-        uidlist = UidList(int(fields["V"]), int(fields["N"]), {})
+        uidlist = UidList(int(fields["V"]), int(fields["N"]), {}, int(fields.get("M", "1")))
     except (KeyError, ValueError):
         return UidList.fresh()
     for line in lines[1:]:
         record = _parse_record(line)
         if record is not None:
+            if record.base in uidlist.records:
+                uidlist.extra_lines += 1
             uidlist.records[record.base] = record
             uidlist.uidnext = max(uidlist.uidnext, record.uid + 1)
+            uidlist.highest_modseq = max(uidlist.highest_modseq, record.modseq)
     return uidlist
 
 
@@ -75,24 +87,34 @@ def _parse_record(line: str) -> UidRecord | None:
         uid = int(parts[0])
     except (IndexError, ValueError):
         return None
-    internal_date, size = 0.0, -1
+    internal_date, size, modseq, crlf = 0.0, -1, 1, None
     for ext in parts[1:]:
         try:
             if ext[0] == "T":
                 internal_date = float(ext[1:])
             elif ext[0] == "W":
                 size = int(ext[1:])
+            elif ext[0] == "M":
+                modseq = max(1, int(ext[1:]))
+            elif ext[0] == "C":
+                crlf = ext[1:] != "0"
         except (IndexError, ValueError):
             continue
-    return UidRecord(uid, base, internal_date, size)
+    if crlf is None and "M" in {ext[:1] for ext in parts[1:]}:
+        crlf = True  # written by this version, which marks only bare-LF files
+    return UidRecord(uid, base, internal_date, size, modseq, crlf)
 
 
 def _format_record(record: UidRecord) -> str:
-    return f"{record.uid} T{int(record.internal_date)} W{record.size} :{record.base}\n"
+    lf = " C0" if record.crlf is False else ""
+    return (
+        f"{record.uid} T{int(record.internal_date)} W{record.size} M{record.modseq}{lf}"
+        f" :{record.base}\n"
+    )
 
 
 def _header(uidlist: UidList) -> str:
-    return f"3 V{uidlist.uidvalidity} N{uidlist.uidnext}\n"
+    return f"3 V{uidlist.uidvalidity} N{uidlist.uidnext} M{uidlist.highest_modseq}\n"
 
 
 def rewrite(folder_path: str, uidlist: UidList) -> None:
@@ -104,12 +126,19 @@ def rewrite(folder_path: str, uidlist: UidList) -> None:
         f.write(_header(uidlist))
         f.writelines(_format_record(r) for r in ordered)
     os.replace(tmp, path)
+    uidlist.extra_lines = 0
 
 
-def append(folder_path: str, uidlist: UidList, records: list[UidRecord]) -> None:
-    """Add records at the end of the file (the header's N is advisory: load() takes the max)."""
+def append(
+    folder_path: str, uidlist: UidList, records: list[UidRecord], updated: bool = False
+) -> None:
+    """Add records at the end of the file (the header's N and M are advisory: load() takes
+    the maxima). ``updated`` says the records are new versions of listed ones; once those
+    outnumber the records, the file is compacted."""
     path = os.path.join(folder_path, FILENAME)
-    if not os.path.exists(path):
+    if updated:
+        uidlist.extra_lines += len(records)
+    if not os.path.exists(path) or uidlist.extra_lines > max(1000, len(uidlist.records)):
         rewrite(folder_path, uidlist)
         return
     with open(path, "a", encoding="utf-8", errors="surrogateescape") as f:

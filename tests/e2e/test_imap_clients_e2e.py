@@ -1,0 +1,270 @@
+"""Real IMAP clients against the real server: imapclient, imaplib, mbsync, curl, mutt."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import re
+import shutil
+import subprocess
+import time
+
+from imapclient import IMAPClient
+from twisted.internet import threads
+
+from tests.e2e.harness import ALICE, PASSWORD, ServerTestCase
+from tests.e2e.test_pull_e2e import run_in_terminal
+
+MESSAGE = (
+    b"From: Bob <bob@example.test>\r\n"
+    b"To: Alice <alice@example.test>\r\n"
+    b"Subject: Gr\xc3\xbc\xc3\x9fe from Bob\r\n"
+    b"Date: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+    b"Message-ID: <e2e-1@example.test>\r\n"
+    b'Content-Type: multipart/mixed; boundary="outer"\r\n'
+    b"\r\n"
+    b"--outer\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"\r\n"
+    b"Hello Alice, the quarterly numbers.\r\n"
+    b"--outer\r\n"
+    b'Content-Type: multipart/alternative; boundary="inner"\r\n'
+    b"\r\n"
+    b"--inner\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"\r\n"
+    b"plain\r\n"
+    b"--inner\r\n"
+    b"Content-Type: text/html\r\n"
+    b"\r\n"
+    b"<b>html</b>\r\n"
+    b"--inner--\r\n"
+    b"--outer--\r\n"
+)
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise AssertionError(f"{name} is not installed (make test-tools installs it)")
+    return path
+
+
+class IMAPClients(ServerTestCase):
+    def client(self) -> IMAPClient:
+        client = IMAPClient("127.0.0.1", port=self.ports["imap"], ssl=False, timeout=30)
+        client.login(ALICE, PASSWORD)
+        return client
+
+    async def test_imapclient_folders_append_copy_move_search(self) -> None:
+        await self.start_server()
+
+        def scenario() -> None:
+            with self.client() as c, self.client() as watcher:
+                caps = c.capabilities()
+                for cap in (b"UIDPLUS", b"MOVE", b"CONDSTORE", b"ENABLE", b"SPECIAL-USE"):
+                    self.assertIn(cap, caps)
+                c.create_folder("Projects.2024")
+                c.subscribe_folder("Projects.2024")
+                self.assertIn("Projects.2024", [f[2] for f in c.list_sub_folders()])
+                c.create_folder("Entwürfe")  # imapclient encodes modified UTF-7
+                self.assertIn("Entwürfe", [f[2] for f in c.list_folders()])
+                self.assertTrue(os.path.isdir(self.maildir(ALICE, ".Entw&APw-rfe")))
+                special = {f[2]: f[0] for f in c.list_folders()}
+                self.assertIn(b"\\Sent", special["Sent"])
+
+                appended = c.append("INBOX", MESSAGE, flags=[b"$Work"])
+                self.assertIn(b"[APPENDUID ", appended)
+                watcher.select_folder("INBOX")
+                info = c.select_folder("INBOX")
+                self.assertEqual(info[b"EXISTS"], 1)
+                (uid,) = c.search(["SUBJECT", "Grüße"], charset="UTF-8")
+                self.assertEqual(c.search(["BODY", "quarterly", "KEYWORD", "$Work"]), [uid])
+                self.assertEqual(c.search(["NOT", "SEEN"]), [uid])
+                fetched = c.fetch([uid], ["BODY.PEEK[]", "BODYSTRUCTURE", "BODY.PEEK[2.2.MIME]"])
+                self.assertEqual(fetched[uid][b"BODY[]"], MESSAGE)
+                self.assertEqual(
+                    fetched[uid][b"BODY[2.2.MIME]"], b"Content-Type: text/html\r\n\r\n"
+                )
+                self.assertTrue(fetched[uid][b"BODYSTRUCTURE"].is_multipart)
+
+                copied = c.copy([uid], "Projects.2024")
+                self.assertIsNotNone(copied)
+                c.move([uid], "Archive")
+                self.assertEqual(c.search(["ALL"]), [])
+                # The watcher hears of the move at its next poll.
+                self.assertIn((1, b"EXPUNGE"), watcher.noop()[1])
+                self.assertEqual(c.folder_status("Archive", ["MESSAGES"])[b"MESSAGES"], 1)
+
+                c.enable("CONDSTORE")
+                c.select_folder("Archive")
+                before = c.fetch("1:*", ["MODSEQ"])
+                (auid,) = before
+                c.add_flags([auid], [b"\\Flagged"])
+                after = c.fetch(
+                    "1:*", ["FLAGS"], modifiers=[f"CHANGEDSINCE {before[auid][b'MODSEQ'][0]}"]
+                )
+                self.assertIn(b"\\Flagged", after[auid][b"FLAGS"])
+
+                c.delete_messages([auid])
+                c.uid_expunge([auid])
+                self.assertEqual(c.search(["ALL"]), [])
+                c.rename_folder("Projects.2024", "Done")
+                c.delete_folder("Done")
+                self.assertNotIn("Done", [f[2] for f in c.list_folders()])
+
+        await threads.deferToThread(scenario)
+
+    async def test_imaplib_uid_commands_and_status(self) -> None:
+        await self.start_server()
+
+        def scenario() -> None:
+            m = imaplib.IMAP4("127.0.0.1", self.ports["imap"])
+            try:
+                m.login(ALICE, PASSWORD)
+                date = imaplib.Time2Internaldate(time.mktime((2024, 2, 5, 10, 0, 0, 0, 0, -1)))
+                typ, data = m.append("Sent", r"(\Seen)", date, MESSAGE)
+                self.assertEqual(typ, "OK")
+                self.assertIn(b"APPENDUID", data[0])
+                typ, data = m.append("Nowhere", None, None, MESSAGE)
+                self.assertEqual(typ, "NO")
+                self.assertIn(b"TRYCREATE", data[0])
+                m.select("Sent")
+                typ, data = m.uid("SEARCH", "CHARSET", "UTF-8", "SEEN", "FROM", "bob")
+                self.assertEqual(data, [b"1"])
+                typ, data = m.uid("FETCH", "1", "(BODY.PEEK[1] RFC822.SIZE)")
+                self.assertEqual(data[0][1], b"Hello Alice, the quarterly numbers.")
+                typ, data = m.uid("COPY", "1", "Trash")
+                self.assertIn(b"COPYUID", data[0])
+                typ, data = m.status("Trash", "(MESSAGES UIDNEXT HIGHESTMODSEQ)")
+                self.assertRegex(data[0], rb"MESSAGES 1 UIDNEXT 2 HIGHESTMODSEQ \d+")
+                typ, data = m.create("../escape")
+                self.assertEqual(typ, "NO")
+                m.logout()
+            finally:
+                m.shutdown() if m.state != "LOGOUT" else None
+
+        await threads.deferToThread(scenario)
+
+    async def test_curl_fetches_by_uid(self) -> None:
+        curl = tool("curl")
+        await self.start_server()
+
+        def scenario() -> bytes:
+            with self.client() as c:
+                c.append("Archive", MESSAGE)
+                c.append("Archive", b"Subject: second\r\n\r\nsecond\r\n")
+            result = subprocess.run(
+                [
+                    curl,
+                    "-s",
+                    "--user",
+                    f"{ALICE}:{PASSWORD}",
+                    f"imap://127.0.0.1:{self.ports['imap']}/Archive;UID=2",
+                ],
+                capture_output=True,
+                timeout=30,
+            )
+            return result.stdout
+
+        self.assertEqual(
+            await threads.deferToThread(scenario), b"Subject: second\r\n\r\nsecond\r\n"
+        )
+
+
+class MbsyncSyncs(ServerTestCase):
+    async def test_mbsync_both_ways_twice(self) -> None:
+        mbsync = tool("mbsync")
+        await self.start_server()
+        home = os.path.abspath(self.mktemp())
+        local = os.path.join(home, "mail")
+        os.makedirs(local)
+        rc = os.path.join(home, "mbsyncrc")
+        with open(rc, "w") as f:
+            f.write(
+                f"IMAPAccount test\nHost 127.0.0.1\nPort {self.ports['imap']}\n"
+                f"User {ALICE}\nPass {PASSWORD}\nSSLType None\nAuthMechs LOGIN\n\n"
+                "IMAPStore remote\nAccount test\n\n"
+                f"MaildirStore local\nPath {local}/\nInbox {local}/INBOX\nSubFolders Verbatim\n\n"
+                "Channel test\nFar :remote:\nNear :local:\nPatterns *\n"
+                "Sync All\nCreate Both\nExpunge Both\nSyncState *\n"
+            )
+
+        def seed() -> None:
+            with IMAPClient("127.0.0.1", port=self.ports["imap"], ssl=False, timeout=30) as c:
+                c.login(ALICE, PASSWORD)
+                c.append("INBOX", MESSAGE)
+                c.append("Sent", b"Subject: sent\r\n\r\nsent\r\n", flags=[b"\\Seen"])
+
+        def run() -> str:
+            result = subprocess.run(
+                [mbsync, "-c", rc, "-a", "-V"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "HOME": home},
+            )
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+            return result.stdout + result.stderr
+
+        await threads.deferToThread(seed)
+        await threads.deferToThread(run)
+        with open(self._only_file(os.path.join(local, "INBOX")), "rb") as f:
+            self.assertEqual(f.read(), MESSAGE)
+        # A message written on the local side goes up with APPEND.
+        drafts_new = os.path.join(local, "Drafts", "new")
+        with open(os.path.join(drafts_new, "1700000000.local.host"), "wb") as f:
+            f.write(b"Subject: local draft\r\n\r\ndraft\r\n")
+        output = await threads.deferToThread(run)
+        self.assertRegex(output, r"far: \+1 ")
+        remote = os.listdir(os.path.join(self.maildir(ALICE, ".Drafts"), "new")) + os.listdir(
+            os.path.join(self.maildir(ALICE, ".Drafts"), "cur")
+        )
+        self.assertEqual(len(remote), 1)
+        # A third run has nothing to do on either side.
+        output = await threads.deferToThread(run)
+        for stat in re.findall(r"(?:near|far): \+(\d+) \*(\d+) #(\d+) -(\d+)", output):
+            self.assertEqual(stat, ("0", "0", "0", "0"), output)
+
+    @staticmethod
+    def _only_file(maildir: str) -> str:
+        files = [
+            os.path.join(maildir, sub, name)
+            for sub in ("new", "cur")
+            for name in os.listdir(os.path.join(maildir, sub))
+        ]
+        assert len(files) == 1, files
+        return files[0]
+
+
+class MuttReadsFolders(ServerTestCase):
+    async def test_mutt_opens_a_folder_and_reads(self) -> None:
+        mutt = tool("mutt")
+        await self.start_server()
+
+        def seed() -> None:
+            with IMAPClient("127.0.0.1", port=self.ports["imap"], ssl=False, timeout=30) as c:
+                c.login(ALICE, PASSWORD)
+                c.append("Archive", MESSAGE.replace(b"quarterly", b"mutt-visible"))
+
+        await threads.deferToThread(seed)
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        rc = os.path.join(home, "muttrc")
+        with open(rc, "w") as f:
+            f.write(
+                f'set folder="imap://127.0.0.1:{self.ports["imap"]}/"\n'
+                'set spoolfile="+Archive"\n'
+                f'set imap_user="{ALICE}"\nset imap_pass="{PASSWORD}"\n'
+                "set ssl_starttls=no\nset ssl_force_tls=no\nset imap_passive=no\n"
+                "set pager_stop=yes\nset mark_old=no\nset move=no\nset charset=utf-8\n"
+                "set header_cache=''\nset message_cachedir=''\n"
+            )
+        env = {"HOME": home, "TERM": "xterm", "LANG": "C.UTF-8", "PATH": os.environ["PATH"]}
+        screen = await threads.deferToThread(
+            run_in_terminal, [mutt, "-n", "-F", rc], [b"\r", b"q", b"q"], env
+        )
+        self.assertIn(b"mutt-visible", screen)
+        stored = os.listdir(os.path.join(self.maildir(ALICE, ".Archive"), "cur"))
+        self.assertEqual(len(stored), 1)
+        self.assertTrue(stored[0].endswith(":2,S"))

@@ -1,0 +1,52 @@
+"""The benchmark harness (bench/, ``make bench``) at tiny sizes against our server only:
+no peers, no root, no profiler; it checks that the JSON report keeps its shape."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("BENCH_SHARED", os.path.join(ROOT, "..", "shared", "bench"))
+
+
+@pytest.mark.skipif(
+    not os.path.isdir(os.path.join(SHARED, "load")), reason="no shared load generators"
+)
+def test_bench_tiny_ours_only(tmp_path) -> None:
+    out = tmp_path / "latest.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--scale", "tiny", "--peers", "none",
+         "--profile", "none", "--shared", SHARED, "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| workload" in done.stdout
+    doc = json.loads(out.read_text())
+    assert {"date", "machine", "scale", "rounds", "workloads", "table", "targets"} <= doc.keys()
+    assert doc["scale"] == "tiny" and doc["peers"] == []
+    assert {"nproc", "cpu_model"} <= doc["machine"].keys()
+    expected = {"smtp_c10", "smtp_conn1", "ttv", "imap_100", "imap_300", "pop3_100"}
+    assert expected | {"idle_imap", "idle_smtp"} == doc["workloads"].keys()
+    for name, workload in doc["workloads"].items():
+        assert workload["errors"] == {"ours": []}, name
+        for key, metric in workload["metrics"].items():
+            assert {"median", "ratio", "cpu_s_per_1000", "unit", "better"} <= metric.keys()
+            if key != "search":  # not implemented in our server yet
+                assert metric["median"]["ours"] is not None, (name, key)
+    smtp = doc["workloads"]["smtp_c10"]
+    assert smtp["runs"]["ours"][0]["verify"]["missing"] == 0
+    assert smtp["metrics"]["accept"]["cpu_s_per_1000"]["ours"] is not None
+    assert doc["workloads"]["ttv"]["metrics"]["ttv_p50"]["median"]["ours"] < 1000
+    row = doc["table"][0]
+    assert {
+        "workload",
+        "metric",
+        "ours",
+        "ours/postfix-dovecot",
+        "cpu_s_per_1000/ours",
+    } <= row.keys()

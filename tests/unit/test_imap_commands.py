@@ -1,0 +1,486 @@
+"""Transcript tests of the RFC 3501 mailbox commands and the extensions added on top:
+CREATE/DELETE/RENAME/SUBSCRIBE, APPEND, COPY, MOVE, UID EXPUNGE, SEARCH, ENABLE,
+CONDSTORE, the per-user session limit and IDLE keep-alives."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from mailserver.imap.session import IMAPLimits, UserSessions
+from mailserver.store import uidlist
+from mailserver.store.maildir import MaildirStore
+from tests.unit.test_imap_session import (
+    ALICE,
+    MSG1,
+    MSG2,
+    MSG3,
+    Client,
+    Mail,
+    fetch,
+    inline,
+    selected,
+)
+
+
+@pytest.fixture
+def mail() -> Iterator[Mail]:
+    m = Mail()
+    yield m
+    m.cleanup()
+
+
+@pytest.fixture
+def mail3(mail: Mail) -> Mail:
+    for data in (MSG1, MSG2, MSG3):
+        mail.add(data)
+    return mail
+
+
+def names(out: bytes) -> list[str]:
+    return re.findall(r'"\." "([^"]*)"', out.decode())
+
+
+# CREATE, DELETE, RENAME, LIST ---------------------------------------------------------
+def test_create_list_delete(mail: Mail) -> None:
+    client = Client(mail).login()
+    assert client.send(b"c CREATE Projects.2024\r\n") == b"c OK CREATE completed\r\n"
+    # RFC 3501 §6.3.3: the parent was created too.
+    assert client.send(b"c CREATE Projects\r\n") == b"c NO [ALREADYEXISTS] Mailbox exists\r\n"
+    assert client.send(b"c CREATE inbox\r\n") == b"c NO [ALREADYEXISTS] INBOX always exists\r\n"
+    assert client.send(b'l LIST "" Projects*\r\n') == (
+        b'* LIST (\\HasChildren) "." "Projects"\r\n'
+        b'* LIST (\\HasNoChildren) "." "Projects.2024"\r\n'
+        b"l OK LIST completed\r\n"
+    )
+    assert client.send(b"d DELETE Projects\r\n") == b"d OK DELETE completed\r\n"
+    # The child stays; the parent level is listed as \Noselect so that "%" can reach it.
+    assert client.send(b'l LIST "" %\r\n').count(b'(\\Noselect \\HasChildren) "." "Projects"')
+    assert client.send(b"d DELETE Projects\r\n") == b"d NO [NONEXISTENT] No such mailbox\r\n"
+    assert client.send(b"d DELETE INBOX\r\n") == b"d NO [CANNOT] INBOX cannot be deleted\r\n"
+    user = os.path.dirname(os.path.join(mail.inbox_path, "x"))
+    assert not [n for n in os.listdir(user) if n == ".Projects"]
+
+
+def test_create_with_trailing_delimiter(mail: Mail) -> None:
+    client = Client(mail).login()
+    assert client.send(b"c CREATE Lists.\r\n") == b"c OK CREATE completed\r\n"
+    assert names(client.send(b'l LIST "" Lists*\r\n')) == ["Lists"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [b"../x", b"a/b", b'"a..b"', b".x", b'"&Jjo"', b'"&AGE-"', b"x" * 201],
+)
+def test_invalid_names_never_reach_a_path(mail: Mail, name: bytes) -> None:
+    client = Client(mail).login()
+    before = sorted(os.listdir(mail.inbox_path))
+    assert client.send(b"c CREATE " + name + b"\r\n") == b"c NO [CANNOT] Invalid mailbox name\r\n"
+    assert client.send(b"r RENAME Sent " + name + b"\r\n") == (
+        b"r NO [CANNOT] Invalid mailbox name\r\n"
+    )
+    assert client.send(b"a APPEND " + name + b" {1+}\r\nx\r\n") == (
+        b"a NO [CANNOT] Invalid mailbox name\r\n"
+    )
+    assert sorted(os.listdir(mail.inbox_path)) == before
+
+
+def test_modified_utf7_names(mail: Mail) -> None:
+    client = Client(mail).login()
+    # "Entwürfe" in modified UTF-7 (RFC 3501 §5.1.3) is kept as such on disk (as Dovecot).
+    assert client.send(b"c CREATE Entw&APw-rfe\r\n") == b"c OK CREATE completed\r\n"
+    assert os.path.isdir(os.path.join(mail.inbox_path, ".Entw&APw-rfe", "cur"))
+    assert names(client.send(b'l LIST "" Entw*\r\n')) == ["Entw&APw-rfe"]
+
+
+def test_rename_folder_with_children(mail: Mail) -> None:
+    client = Client(mail).login()
+    client.send(b"c CREATE A.B\r\n")
+    assert client.send(b"r RENAME A C.D\r\n") == b"r OK RENAME completed\r\n"
+    assert names(client.send(b'l LIST "" *\r\n'))[1:4] == ["Archive", "C", "C.D"]
+    assert "C.D.B" in names(client.send(b'l LIST "" *\r\n'))
+    assert client.send(b"r RENAME Nope X\r\n") == b"r NO [NONEXISTENT] No such mailbox\r\n"
+    assert client.send(b"r RENAME Sent Trash\r\n") == (
+        b"r NO [ALREADYEXISTS] Target mailbox exists\r\n"
+    )
+    assert client.send(b"r RENAME Sent INBOX\r\n") == (
+        b"r NO [ALREADYEXISTS] INBOX always exists\r\n"
+    )
+
+
+def test_rename_selected_folder_keeps_working(mail: Mail) -> None:
+    client = Client(mail).login()
+    assert client.send(b"a APPEND Sent {6+}\r\nx\r\n\r\nx\r\n").startswith(b"a OK [APPENDUID ")
+    client.select(b"Sent")
+    assert client.send(b"r RENAME Sent Sent2\r\n") == b"r OK RENAME completed\r\n"
+    assert fetch(client, b"1 (BODY.PEEK[])") == (
+        b"* 1 FETCH (BODY[] {6}\r\nx\r\n\r\nx)\r\nf OK FETCH completed\r\n"
+    )
+
+
+def test_rename_inbox_moves_its_messages(mail3: Mail) -> None:
+    client = selected(mail3)
+    other = selected(mail3)
+    out = client.send(b"r RENAME INBOX Old\r\n")
+    assert out == (b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nr OK RENAME completed\r\n")
+    assert other.send(b"n NOOP\r\n") == (
+        b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nn OK NOOP completed\r\n"
+    )
+    status = client.send(b"s STATUS Old (MESSAGES)\r\ns STATUS INBOX (MESSAGES)\r\n")
+    assert status == (
+        b'* STATUS "Old" (MESSAGES 3)\r\ns OK STATUS completed\r\n'
+        b'* STATUS "INBOX" (MESSAGES 0)\r\ns OK STATUS completed\r\n'
+    )
+
+
+def test_delete_selected_by_another_session(mail: Mail) -> None:
+    client = Client(mail).login()
+    client.send(b"a APPEND Junk {6+}\r\nx\r\n\r\nx\r\n")
+    other = Client(mail).login()
+    other.select(b"Junk")
+    assert client.send(b"d DELETE Junk\r\n") == b"d OK DELETE completed\r\n"
+    assert other.send(b"n NOOP\r\n") == b"* 1 EXPUNGE\r\nn OK NOOP completed\r\n"
+
+
+# SUBSCRIBE, UNSUBSCRIBE, LSUB ----------------------------------------------------------
+def test_subscribe_and_unsubscribe(mail: Mail) -> None:
+    client = Client(mail).login()
+    client.send(b"c CREATE Lists\r\n")
+    assert client.send(b"s SUBSCRIBE Lists\r\n") == b"s OK SUBSCRIBE completed\r\n"
+    assert client.send(b"s SUBSCRIBE Lists\r\n") == b"s OK SUBSCRIBE completed\r\n"
+    assert client.send(b"u UNSUBSCRIBE Trash\r\n") == b"u OK UNSUBSCRIBE completed\r\n"
+    with open(os.path.join(mail.inbox_path, "subscriptions")) as f:
+        assert f.read() == "Drafts\nSent\nJunk\nArchive\nLists\n"
+    assert names(client.send(b'l LSUB "" *\r\n')) == [
+        "INBOX",
+        "Drafts",
+        "Sent",
+        "Junk",
+        "Archive",
+        "Lists",
+    ]
+    assert client.send(b"s SUBSCRIBE ../x\r\n") == b"s NO [CANNOT] Invalid mailbox name\r\n"
+
+
+# APPEND (RFC 3501 §6.3.11, RFC 4315 APPENDUID) -----------------------------------------
+def test_append_with_flags_and_date(mail3: Mail) -> None:
+    client = selected(mail3)
+    other = selected(mail3)
+    v = mail3.uidvalidity
+    out = client.send(b'a APPEND INBOX (\\Seen $Work) "05-Feb-2024 10:11:12 +0100" {14}\r\n')
+    assert out == b"+ Ready for literal data\r\n"
+    # The new keyword changes the folder's FLAGS (RFC 3501 §7.2.6); the message is told
+    # to the selected session at once, as RFC 3501 §6.3.11 suggests.
+    assert client.send(b"Subject: x\r\n\r\n\r\n") == (
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)\r\n"
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)]"
+        b" Flags permitted\r\n"
+        b"* 4 EXISTS\r\n* 3 RECENT\r\n"
+        b"a OK [APPENDUID %d 4] APPEND completed\r\n" % v
+    )
+    assert fetch(client, b"4 (FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])") == (
+        b'* 4 FETCH (FLAGS ($Work \\Seen) INTERNALDATE " 5-Feb-2024 09:11:12 +0000"'
+        b" RFC822.SIZE 14 BODY[] {14}\r\nSubject: x\r\n\r\n)\r\nf OK FETCH completed\r\n"
+    )
+    # The other session hears of it at its next command, not before.
+    assert b"* 4 EXISTS\r\n" in other.send(b"n NOOP\r\n")
+
+
+def test_append_to_missing_folder_says_trycreate(mail: Mail) -> None:
+    client = Client(mail).login()
+    assert client.send(b"a APPEND Nope {1+}\r\nx\r\n") == b"a NO [TRYCREATE] No such mailbox\r\n"
+
+
+def test_append_is_byte_exact_with_8bit_headers(mail: Mail) -> None:
+    client = Client(mail).login()
+    message = b"Subject: Gr\xc3\xbc\xc3\x9fe\r\nX: \xff\r\n\r\nbody\r\n"
+    out = client.send(b"a APPEND Sent {%d+}\r\n" % len(message) + message + b"\r\n")
+    assert out.startswith(b"a OK [APPENDUID ")
+    client.select(b"Sent")
+    assert fetch(client, b"1 (BODY.PEEK[])") == (
+        b"* 1 FETCH (BODY[] {%d}\r\n" % len(message) + message + b")\r\nf OK FETCH completed\r\n"
+    )
+    assert fetch(client, b"1 (BODY.PEEK[HEADER.FIELDS (Subject)])") == (
+        b"* 1 FETCH (BODY[HEADER.FIELDS (Subject)] {20}\r\nSubject: Gr\xc3\xbc\xc3\x9fe\r\n\r\n)"
+        b"\r\nf OK FETCH completed\r\n"
+    )
+
+
+# COPY, MOVE, UID EXPUNGE -----------------------------------------------------------------
+def test_copy_keeps_flags_and_says_copyuid(mail3: Mail) -> None:
+    client = selected(mail3)
+    client.send(b"s STORE 2 +FLAGS.SILENT (\\Flagged $Todo)\r\n")
+    trash = mail3.store.folder(ALICE, "Trash")
+    assert client.send(b"c COPY 2:3 Trash\r\n") == (
+        b"c OK [COPYUID %d 2:3 1:2] COPY completed\r\n" % trash.uidvalidity
+    )
+    assert [sorted(m.flags) for m in trash.messages] == [["$Todo", "\\Flagged"], []]
+    assert client.send(b"c COPY 1 Nope\r\n") == b"c NO [TRYCREATE] No such mailbox\r\n"
+    assert client.send(b"c UID COPY 99 Trash\r\n") == b"c OK COPY completed\r\n"
+    assert client.send(b"c COPY 9 Trash\r\n") == b"c BAD Invalid message sequence number\r\n"
+    # A copy into the selected folder is announced at once.
+    assert client.send(b"c COPY 1 INBOX\r\n") == (
+        b"* 4 EXISTS\r\n* 4 RECENT\r\nc OK [COPYUID %d 1 4] COPY completed\r\n" % mail3.uidvalidity
+    )
+
+
+def test_move_and_other_sessions(mail3: Mail) -> None:
+    client = selected(mail3)
+    other = selected(mail3)
+    v = mail3.store.folder(ALICE, "Archive").uidvalidity
+    assert client.send(b"m MOVE 1,3 Archive\r\n") == (
+        b"* OK [COPYUID %d 1,3 1:2] Moved\r\n* 1 EXPUNGE\r\n* 2 EXPUNGE\r\nm OK MOVE completed\r\n"
+        % v
+    )
+    # RFC 3501 §7.4.1: no EXPUNGE while FETCH, STORE or SEARCH address by number (the
+    # messages gone are left out, RFC 2180 §4.1)...
+    assert fetch(other, b"1:3 (FLAGS)") == b"* 2 FETCH (FLAGS ())\r\nf OK FETCH completed\r\n"
+    assert other.send(b"s SEARCH ALL\r\n") == b"* SEARCH 2\r\ns OK SEARCH completed\r\n"
+    # ... but at NOOP, in the other session's own numbering.
+    assert other.send(b"n NOOP\r\n") == b"* 1 EXPUNGE\r\n* 2 EXPUNGE\r\nn OK NOOP completed\r\n"
+    assert client.send(b"m UID MOVE 2 Archive\r\n") == (
+        b"* OK [COPYUID %d 2 3] Moved\r\n* 1 EXPUNGE\r\nm OK MOVE completed\r\n" % v
+    )
+
+
+def test_move_needs_read_write(mail3: Mail) -> None:
+    client = Client(mail3).login()
+    client.send(b"e EXAMINE INBOX\r\n")
+    assert client.send(b"m MOVE 1 Trash\r\n") == b"m NO [READ-ONLY] Mailbox is read-only\r\n"
+
+
+def test_uid_expunge_only_in_the_set(mail3: Mail) -> None:
+    client = selected(mail3)
+    client.send(b"s STORE 1:3 +FLAGS.SILENT (\\Deleted)\r\n")
+    assert client.send(b"x UID EXPUNGE 2:3\r\n") == (
+        b"* 2 EXPUNGE\r\n* 2 EXPUNGE\r\nx OK EXPUNGE completed\r\n"
+    )
+    assert [m.uid for m in mail3.store.folder(ALICE).messages] == [1]
+
+
+# SEARCH (RFC 3501 §6.4.4) ----------------------------------------------------------------
+SEARCHABLE = [
+    b"From: Bob <bob@example.test>\r\nTo: alice@example.test\r\nCc: carol@example.test\r\n"
+    b"Subject: Quarterly report\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n\r\n"
+    b"Numbers are up.\r\n",
+    b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.test>\r\nSubject: =?utf-8?b?R3LDvMOfZQ==?=\r\n"
+    b"Date: Wed, 10 Jan 2024 10:00:00 +0000\r\nX-Tag: blue\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+    b"\r\nSch=C3=B6ne Gr=C3=BC=C3=9Fe\r\n",
+    b"From: carol@example.test\r\nSubject: lunch\r\nDate: Fri, 2 Feb 2024 12:00:00 +0100\r\n"
+    b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n'
+    b"see attachment\r\n--b\r\nContent-Type: text/html; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\nPGI+c2FsYWQ8L2I+\r\n--b--\r\n",
+]
+
+
+@pytest.fixture
+def searchable(mail: Mail) -> Client:
+    for i, data in enumerate(SEARCHABLE):
+        mail.add(data, info="S" if i == 0 else "")
+    client = selected(mail)
+    client.send(b"s STORE 2 +FLAGS.SILENT (\\Flagged $Blue)\r\n")
+    return client
+
+
+@pytest.mark.parametrize(
+    ("keys", "found"),
+    [
+        (b"ALL", b"1 2 3"),
+        (b"SEEN", b"1"),
+        (b"UNSEEN", b"2 3"),
+        (b"FLAGGED", b"2"),
+        (b"UNFLAGGED", b"1 3"),
+        (b"KEYWORD $Blue", b"2"),
+        (b"UNKEYWORD $blue", b"1 3"),
+        (b"ANSWERED", b""),
+        (b"UNANSWERED UNDELETED UNDRAFT", b"1 2 3"),
+        (b"DELETED", b""),
+        (b"DRAFT", b""),
+        (b"NEW", b""),
+        (b"OLD", b"1 2 3"),
+        (b"RECENT", b""),
+        (b"FROM bob", b"1"),
+        (b"FROM {7}\r\nJ\xc3\xbcrgen", b"2"),
+        (b"TO alice", b"1"),
+        (b"CC carol", b"1"),
+        (b"BCC carol", b""),
+        (b"SUBJECT REPORT", b"1"),
+        (b'HEADER X-Tag ""', b"2"),
+        (b"HEADER x-tag BLUE", b"2"),
+        (b"BODY numbers", b"1"),
+        (b"BODY salad", b"3"),
+        (b"BODY lunch", b""),
+        (b"TEXT lunch", b"3"),
+        (b"LARGER 200", b"2 3"),
+        (b"SMALLER 200", b"1"),
+        (b"SENTBEFORE 10-Jan-2024", b"1"),
+        (b"SENTON 10-Jan-2024", b"2"),
+        (b'SENTSINCE "2-Feb-2024"', b"3"),
+        (b"SINCE 1-Jan-2000", b"1 2 3"),
+        (b"BEFORE 1-Jan-2000", b""),
+        (b"ON 14-Nov-2023", b"1 2 3"),
+        (b"2:*", b"2 3"),
+        (b"1,3", b"1 3"),
+        (b"UID 2", b"2"),
+        (b"NOT SEEN", b"2 3"),
+        (b"OR SEEN FLAGGED", b"1 2"),
+        (b"OR (FROM bob SEEN) (SUBJECT lunch)", b"1 3"),
+        (b"NOT NOT NOT OR SEEN FLAGGED", b"3"),
+        (b"FLAGGED BODY {7+}\r\ngr\xc3\xbc\xc3\x9fe", b"2"),
+        (b"TEXT {6+}\r\nSCH\xc3\x96N", b"2"),
+    ],
+)
+def test_search_keys(searchable: Client, keys: bytes, found: bytes) -> None:
+    out = searchable.send(b"s SEARCH CHARSET UTF-8 " + keys + b"\r\n")
+    out = out.replace(b"+ Ready for literal data\r\n", b"")
+    assert out == b"* SEARCH" + (b" " + found if found else b"") + b"\r\ns OK SEARCH completed\r\n"
+
+
+def test_search_reads_only_undecided_messages(searchable: Client) -> None:
+    searchable.effects.clear()
+    searchable.send(b"s SEARCH FLAGGED BODY salad\r\n")
+    assert len(searchable.effects) == 1  # only message 2 is flagged: only it is read
+
+
+def test_search_literal_charset_and_uid(searchable: Client) -> None:
+    out = searchable.send(b"s UID SEARCH CHARSET UTF-8 SUBJECT {6}\r\n")
+    assert out == b"+ Ready for literal data\r\n"
+    assert searchable.send(b"gr\xc3\xbc\xc3\x9f\r\n") == (
+        b"* SEARCH 2\r\ns OK SEARCH completed\r\n"
+    )
+    assert searchable.send(b"s SEARCH CHARSET KOI8-R ALL\r\n") == (
+        b"s NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("keys", "error"),
+    [
+        (b"FROB", b"unknown search key FROB"),
+        (b"FROM", b"missing search argument"),
+        (b"SINCE 32-Jan-2024", b"invalid date '32-Jan-2024'"),
+        (b"LARGER x", b"expected a number"),
+        (b"NOT " * 70 + b"ALL", b"search keys nested too deeply"),
+        (b"()", b"empty parenthesized search keys"),
+    ],
+)
+def test_search_errors(searchable: Client, keys: bytes, error: bytes) -> None:
+    assert searchable.send(b"s SEARCH " + keys + b"\r\n") == b"s BAD " + error + b"\r\n"
+
+
+# CONDSTORE (RFC 7162) ----------------------------------------------------------------------
+def test_enable_condstore(mail3: Mail) -> None:
+    client = selected(mail3)
+    assert client.send(b"e ENABLE CONDSTORE X-UNKNOWN\r\n") == (
+        b"* OK [HIGHESTMODSEQ 4] Highest\r\n* ENABLED CONDSTORE\r\ne OK ENABLE completed\r\n"
+    )
+    assert client.send(b"e ENABLE X-UNKNOWN\r\n") == b"* ENABLED\r\ne OK ENABLE completed\r\n"
+    # From now on FETCH responses with FLAGS carry MODSEQ.
+    assert client.send(b"s STORE 1 +FLAGS (\\Seen)\r\n") == (
+        b"* 1 FETCH (FLAGS (\\Seen \\Recent) MODSEQ (5))\r\ns OK STORE completed\r\n"
+    )
+
+
+def test_select_condstore_and_fetch_modseq(mail3: Mail) -> None:
+    client = Client(mail3).login()
+    out = client.send(b"s SELECT INBOX (CONDSTORE)\r\n")
+    assert b"* OK [HIGHESTMODSEQ 4] Highest\r\n" in out
+    assert fetch(client, b"1:* (MODSEQ)") == (
+        b"* 1 FETCH (MODSEQ (2))\r\n* 2 FETCH (MODSEQ (3))\r\n* 3 FETCH (MODSEQ (4))\r\n"
+        b"f OK FETCH completed\r\n"
+    )
+    assert client.send(b"s STORE 2 +FLAGS.SILENT (\\Flagged)\r\n") == (
+        b"* 2 FETCH (MODSEQ (5))\r\ns OK STORE completed\r\n"  # RFC 7162 §3.1.3
+    )
+    assert client.send(b"u UID FETCH 1:* (FLAGS) (CHANGEDSINCE 4)\r\n") == (
+        b"* 2 FETCH (UID 2 FLAGS (\\Flagged \\Recent) MODSEQ (5))\r\nu OK FETCH completed\r\n"
+    )
+    assert client.send(b"s SEARCH MODSEQ 5\r\n") == (
+        b"* SEARCH 2 (MODSEQ 5)\r\ns OK SEARCH completed\r\n"
+    )
+    assert client.send(b's SEARCH MODSEQ "/flags/\\\\draft" all 3\r\n') == (
+        b"* SEARCH 2 3 (MODSEQ 5)\r\ns OK SEARCH completed\r\n"
+    )
+    assert client.send(b"s STATUS INBOX (HIGHESTMODSEQ)\r\n") == (
+        b'* STATUS "INBOX" (HIGHESTMODSEQ 5)\r\ns OK STATUS completed\r\n'
+    )
+
+
+def test_store_unchangedsince(mail3: Mail) -> None:
+    client = selected(mail3)
+    other = selected(mail3)
+    other.send(b"s STORE 2 +FLAGS.SILENT (\\Answered)\r\n")  # modseq 5
+    out = client.send(b"s STORE 1:3 (UNCHANGEDSINCE 4) +FLAGS.SILENT (\\Seen)\r\n")
+    assert out == (
+        b"* OK [HIGHESTMODSEQ 5] Highest\r\n"
+        b"* 1 FETCH (MODSEQ (6))\r\n* 3 FETCH (MODSEQ (7))\r\n"
+        b"* 2 FETCH (UID 2 FLAGS (\\Answered \\Recent) MODSEQ (5))\r\n"
+        b"s OK [MODIFIED 2] Conditional STORE failed\r\n"
+    )
+    assert client.send(b"s UID STORE 1:3 (UNCHANGEDSINCE 0) -FLAGS (\\Seen)\r\n") == (
+        b"s OK [MODIFIED 1:3] Conditional STORE failed\r\n"
+    )
+
+
+def test_expunge_raises_highestmodseq_and_modseqs_survive_a_restart(mail3: Mail) -> None:
+    client = selected(mail3)
+    client.send(b"s STORE 2 +FLAGS.SILENT (\\Deleted)\r\nx EXPUNGE\r\n")
+    folder = mail3.store.folder(ALICE)
+    assert folder.highest_modseq == 6
+    restarted = MaildirStore(mail3.root, hostname="test", run_in_thread=inline)
+    again = restarted.folder(ALICE)
+    assert again.highest_modseq == 6
+    assert [(m.uid, m.modseq) for m in again.messages] == [(1, 2), (3, 4)]
+    # A flag change is appended to the UID list and survives too.
+    folder.set_flags(1, {"\\Seen"})
+    assert MaildirStore(mail3.root, hostname="t").folder(ALICE).by_uid(1).modseq == 7
+    assert uidlist.load(folder.path).highest_modseq == 7
+
+
+def test_flag_change_by_another_program_gets_a_modseq(mail3: Mail) -> None:
+    client = selected(mail3)
+    client.send(b"e ENABLE CONDSTORE\r\n")
+    folder = mail3.store.folder(ALICE)
+    message = folder.by_uid(1)
+    assert message is not None
+    path = folder.file_path(message)
+    os.rename(path, path + "F" if ":2," in path else path + ":2,F")
+    os.utime(os.path.dirname(path), None)
+    out = client.send(b"n NOOP\r\n")
+    assert out == (
+        b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent) MODSEQ (5))\r\nn OK NOOP completed\r\n"
+    )
+
+
+# Limits and keep-alives ----------------------------------------------------------------------
+def test_sessions_per_user_are_limited(mail: Mail) -> None:
+    sessions = UserSessions()
+    limits = IMAPLimits(max_sessions_per_user=2)
+    first = Client(mail, limits, sessions).login()
+    Client(mail, limits, sessions).login()
+    third = Client(mail, limits, sessions)
+    assert third.send(b"a LOGIN alice secret\r\n") == (
+        b"a NO [LIMIT] Too many sessions for this user\r\n"
+    )
+    assert sessions.count(ALICE) == 2
+    first.send(b"l LOGOUT\r\n")
+    assert sessions.count(ALICE) == 1
+    third.login()
+    third.session.connection_lost()
+    assert sessions.count(ALICE) == 1
+
+
+def test_keepalive_only_while_idle(mail3: Mail) -> None:
+    client = selected(mail3)
+    client.session.keepalive()
+    assert client.run() == b""
+    client.send(b"i IDLE\r\n")
+    woken = client.woken
+    client.session.keepalive()
+    assert client.woken == woken + 1
+    assert client.run() == b"* OK Still here\r\n"
+    assert client.send(b"DONE\r\n") == b"i OK IDLE terminated\r\n"
