@@ -119,7 +119,7 @@ class MailServer(MultiService):
             self.mda.tracer = self.tracer
         self.tls = make_tls(config)
         # The queue starts before the listeners that feed it (MultiService order).
-        self.queue = QueueService(config, self.mda.deliver, reactor)
+        self.queue = QueueService(config, self.mda.deliver, reactor, tracer=self.tracer)
         self.queue.setServiceParent(self)
         self.listeners: dict[str, list[ListenerService]] = {}
         listeners = config.listeners

@@ -697,9 +697,23 @@ class POP3Trace(ConnectionTrace):
 
 
 # The tracer ----------------------------------------------------------------------------
+class OutboundSMTPTrace(SMTPTrace):
+    """SMTP as our queue speaks it to other servers: we are the client ("C:")."""
+
+    def opened(self, peer: str, port: int | None) -> None:
+        where = f" port {port}" if port is not None else ""
+        self.emit(NOTE, f"connection to {peer}{where}", "", self.opened_note())
+
+    def opened_note(self) -> str:
+        return (
+            "OUT: the queue pushes the message to the recipient's MX or the smarthost (RFC 5321 §5)"
+        )
+
+
 PROTOCOL_TRACES: dict[str, type[ConnectionTrace]] = {
     "MTA": SMTPTrace,
     "MSA": SMTPTrace,
+    "OUT": OutboundSMTPTrace,
     "IMAP": IMAPTrace,
     "POP3": POP3Trace,
 }

@@ -23,6 +23,7 @@ from mailserver.queue.scheduler import LocalDeliver, Policy, Scheduler, Transpor
 from mailserver.queue.spool import Spool
 from mailserver.queue.transport import SMTPTransport, TransportSettings
 from mailserver.smtp.client import ClientTimeouts, TLSPolicy
+from mailserver.trace import Tracer
 
 log = Logger()
 
@@ -117,6 +118,7 @@ class QueueService(Service):
         local_deliver: LocalDeliver,
         reactor: Any = None,
         transport: Transport | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -128,7 +130,7 @@ class QueueService(Service):
         queue = config.queue
         if transport is None:
             resolver = MXResolver(queue.nameservers, queue.dns_timeout)
-            transport = SMTPTransport(reactor, transport_settings(config), resolver)
+            transport = SMTPTransport(reactor, transport_settings(config), resolver, tracer)
         policy = Policy(
             hostname=config.server.hostname,
             local_domains=tuple(d.lower() for d in config.domains.local),

@@ -26,6 +26,7 @@ from mailserver.smtp.client import (
 )
 from mailserver.smtp.client_protocol import deliver
 from mailserver.smtp.reply import Reply
+from mailserver.trace import Tracer
 
 log = Logger()
 
@@ -58,10 +59,17 @@ class TransportSettings:
 
 
 class SMTPTransport:
-    def __init__(self, reactor: Any, settings: TransportSettings, resolver: MXResolver) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        settings: TransportSettings,
+        resolver: MXResolver,
+        tracer: Tracer | None = None,
+    ) -> None:
         self.reactor = reactor
         self.settings = settings
         self.resolver = resolver
+        self.tracer = tracer  # trace mode: each outbound connection's lines
 
     def deliver(
         self, domain: str, message: OutboundMessage, queue_id: str
@@ -103,6 +111,7 @@ class SMTPTransport:
                 session,
                 self._tls_options(host.name),
                 settings.connect_timeout,
+                self.tracer.connection("OUT", queue_id) if self.tracer else None,
             )
             still_open = []
             for rcpt in message.recipients:

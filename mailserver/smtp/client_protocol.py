@@ -18,29 +18,40 @@ from twisted.python.failure import Failure
 
 from mailserver.session import Close, Send, StartTLS
 from mailserver.smtp.client import ClientSession, Outcome
+from mailserver.trace import ConnectionTrace
 
 
 class ClientProtocol(Protocol, TimeoutMixin):
     """Drives one ClientSession; ``done`` fires with its Outcome when the connection ends."""
 
-    def __init__(self, session: ClientSession, tls_options: Any) -> None:
+    def __init__(
+        self, session: ClientSession, tls_options: Any, trace: ConnectionTrace | None = None
+    ) -> None:
         self.session = session
         self.tls_options = tls_options
+        self.trace = trace  # the protocol trace: we are the client, the peer the server
         self.done: defer.Deferred[Outcome] = defer.Deferred()
         self._closing = False
 
     def connectionMade(self) -> None:
+        if self.trace is not None:
+            peer = self.transport.getPeer()
+            self.trace.opened(str(getattr(peer, "host", peer)), getattr(peer, "port", None))
         self._pump()
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        if self.trace is not None:
+            self.trace.server_data(data)
         self.session.receive_data(data)
         self._pump()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.setTimeout(None)
         self._closing = True
+        if self.trace is not None:
+            self.trace.closed()
         self.session.connection_lost(f"connection lost: {reason.getErrorMessage()}")
         self.done.callback(self.session.outcome)
 
@@ -54,10 +65,14 @@ class ClientProtocol(Protocol, TimeoutMixin):
             if action is None:
                 break
             if isinstance(action, Send):
+                if self.trace is not None:
+                    self.trace.client_data(action.data)
                 self.transport.write(action.data)
             elif isinstance(action, StartTLS):
                 # Bytes written from now on go out inside TLS, after the handshake.
                 self.transport.startTLS(self.tls_options)
+                if self.trace is not None:
+                    self.trace.tls_started()
                 self.session.tls_started()
             elif isinstance(action, Close):
                 self._closing = True
@@ -75,6 +90,7 @@ def deliver(
     session: ClientSession,
     tls_options: Any,
     connect_timeout: float,
+    trace: ConnectionTrace | None = None,
 ) -> defer.Deferred[Outcome]:
     """Connect to ``address`` (IPv4 or IPv6) and run ``session``; never fails: a refused
     connection is an Outcome whose recipients are all to be tried again."""
@@ -82,7 +98,7 @@ def deliver(
         endpoint: Any = TCP6ClientEndpoint(reactor, address, port, timeout=connect_timeout)
     else:
         endpoint = TCP4ClientEndpoint(reactor, address, port, timeout=connect_timeout)
-    protocol = ClientProtocol(session, tls_options)
+    protocol = ClientProtocol(session, tls_options, trace)
     d = endpoint.connect(Factory.forProtocol(lambda: protocol))
 
     def failed(failure: Failure) -> Outcome:

@@ -27,6 +27,7 @@ def write_config(
     ports: dict[str, int] | None = None,
     extra: str = "",
     domain: str = "example.test",
+    trace: bool = False,
 ) -> str:
     """A configuration like the embedded default, in ``directory``, on the given ports
     (0 = ephemeral), with an empty store, serving ``domain``; returns its path."""
@@ -44,6 +45,7 @@ def write_config(
 [server]
 hostname = "mail.example.test"
 run_dir = "run"
+trace = {"true" if trace else "false"}
 
 [domains]
 local = ["{domain}"]
@@ -79,10 +81,11 @@ class ServerTestCase(unittest.TestCase):
     """Runs a MailServer in the test's reactor; ``self.ports`` maps role to port."""
 
     extra_config = ""
+    trace = False
 
     async def start_server(self) -> MailServer:
         self.directory = os.path.abspath(self.mktemp())
-        self.config = load(write_config(self.directory, extra=self.extra_config))
+        self.config = load(write_config(self.directory, extra=self.extra_config, trace=self.trace))
         self.server = MailServer(self.config)
         self.server.startService()
         self.addCleanup(self.server.stopService)

@@ -13,6 +13,7 @@ import time
 
 from twisted.internet import reactor, task, threads
 
+from mailserver.trace import TraceEvent
 from tests.e2e.dns_peer import a, listen_dns, mx
 from tests.e2e.harness import ALICE, BOB, PASSWORD, ServerTestCase
 from tests.e2e.smtp_peers import Peer, common_port, listen_peer
@@ -53,7 +54,11 @@ class RelayEndToEnd(ServerTestCase):
             )
 
     async def test_submission_to_a_remote_domain_reaches_its_mx(self) -> None:
+        self.trace = True
         peer = await self.start_with_peer()
+        assert self.server.tracer is not None
+        events: list[TraceEvent] = []
+        self.server.tracer.sinks.append(events.append)
         await threads.deferToThread(self.submit, ["carol@remote.test"])
         deadline = time.monotonic() + 20
         while not peer.received and time.monotonic() < deadline:
@@ -64,6 +69,13 @@ class RelayEndToEnd(ServerTestCase):
         # Dot-stuffed on the way out, unstuffed by the peer: byte-exact.
         self.assertTrue(received.data.endswith(b"\r\n\r\n.\r\nline after a lone dot\r\n"))
         self.assertIn(b"Message-ID: <", received.data)
+        # Trace mode shows the queue's side of the conversation as the "OUT" role.
+        outbound = [(e.dir, e.line) for e in events if e.role == "OUT"]
+        self.assertTrue(
+            any(d == "C" and line.startswith(f"MAIL FROM:<{ALICE}>") for d, line in outbound)
+        )
+        self.assertTrue(any(d == "S" and line.startswith("220 ") for d, line in outbound))
+        self.assertTrue(any(d == "*" and "connection to 127.0.0.2" in line for d, line in outbound))
 
     async def test_notify_success_for_a_local_recipient(self) -> None:
         await self.start_with_peer()

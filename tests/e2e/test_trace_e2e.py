@@ -15,7 +15,6 @@ from twisted.internet import threads
 from twisted.logger import globalLogPublisher
 
 from mailserver.trace import TRACE_FILE, TraceEvent
-from tests.e2e import harness
 from tests.e2e.harness import ALICE, BOB, PASSWORD, ServerTestCase
 
 GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "trace_golden.txt")
@@ -91,30 +90,14 @@ def normalise(events: list[TraceEvent]) -> str:
 
 
 class TraceTestCase(ServerTestCase):
+    trace = True  # through the configuration file, as a teacher would set it
+
     async def start_traced(self) -> list[TraceEvent]:
         await self.start_server()
         assert self.server.tracer is not None
         events: list[TraceEvent] = []
         self.server.tracer.sinks.append(events.append)
         return events
-
-    async def start_server(self):  # type: ignore[no-untyped-def]
-        # Trace on through the configuration file, as a teacher would set it.
-        write_config = harness.write_config
-
-        def traced_config(directory: str, ports: object = None, extra: str = "") -> str:
-            path = write_config(directory, ports, extra)  # type: ignore[arg-type]
-            with open(path) as f:
-                text = f.read()
-            with open(path, "w") as f:
-                f.write(text.replace('run_dir = "run"\n', 'run_dir = "run"\ntrace = true\n', 1))
-            return path
-
-        harness.write_config = traced_config
-        try:
-            return await super().start_server()
-        finally:
-            harness.write_config = write_config
 
     def all_output(self, events: list[TraceEvent]) -> str:
         """Every form the trace takes: the events, the JSON file, the human lines."""
