@@ -25,6 +25,7 @@ from twisted.cred.portal import IRealm
 from twisted.internet import defer, threads
 from zope.interface import Interface, implementer
 
+from mailserver import crypt3
 from mailserver.config import Config, ConfigError
 from mailserver.names import BadName, normalize_address, split_address
 
@@ -37,6 +38,8 @@ _SCHEMES = {
     "ARGON2I": "argon2",
     "ARGON2ID": "argon2",
 }
+# SHA-crypt hashes go to the C library when it is there (crypt3.py says why).
+_LIBC_PREFIXES = {"SHA512-CRYPT": ("$6$",), "SHA256-CRYPT": ("$5$",), None: ("$5$", "$6$")}
 _CONTEXT = CryptContext(schemes=["bcrypt", "argon2", "sha512_crypt", "sha256_crypt"])
 NEW_HASH_SCHEME = "BLF-CRYPT"
 _NEW_HASHER = bcrypt.using(rounds=10, ident="2y")
@@ -59,6 +62,11 @@ def verify_password(password: str, stored: str) -> bool:
         scheme = scheme.upper()
     if scheme == "PLAIN":
         return hmac.compare_digest(password.encode(), stored.encode())
+    if crypt3.crypt is not None and stored.startswith(_LIBC_PREFIXES.get(scheme, ())):
+        if "\0" in password:
+            return False  # C strings end at NUL: "secret\0x" must not pass as "secret"
+        computed = crypt3.crypt(password, stored)
+        return computed is not None and hmac.compare_digest(computed, stored)
     try:
         if scheme in _SCHEMES:
             return bool(_CONTEXT.handler(_SCHEMES[scheme]).verify(password, stored))

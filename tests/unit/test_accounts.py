@@ -6,6 +6,7 @@ import pytest
 from passlib.hash import argon2, sha512_crypt
 from twisted.trial import unittest
 
+from mailserver import crypt3
 from mailserver.accounts import (
     Directory,
     PasswdFileError,
@@ -24,6 +25,38 @@ def test_dovecot_schemes_verify() -> None:
     assert not verify_password("pw", "{PLAIN}px")
     assert not verify_password("pw", "{SHA512-CRYPT}garbage")
     assert not verify_password("pw", "")
+
+
+# Ulrich Drepper's SHA-crypt test vectors (the specification of $5$ and $6$).
+SHA_CRYPT_VECTORS = [
+    ("{SHA256-CRYPT}", "$5$saltstring$5B8vYYiY.CVt1RlTTf8KbXBH3hsxY/GNooZaBBGWEc5"),
+    (
+        "{SHA512-CRYPT}",
+        "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcb"
+        "YEdFCoEOfaS35inz1",
+    ),
+    (
+        "{SHA256-CRYPT}",
+        "$5$rounds=10000$saltstringsaltst$3xv.VbSHBb41AL9AvLeujZkZRBAwqFMz2.opqey6IcA",
+    ),
+    ("", "$5$saltstring$5B8vYYiY.CVt1RlTTf8KbXBH3hsxY/GNooZaBBGWEc5"),  # no {SCHEME} prefix
+]
+
+
+@pytest.mark.parametrize(("scheme", "stored"), SHA_CRYPT_VECTORS)
+def test_sha_crypt_through_the_c_library(scheme: str, stored: str) -> None:
+    assert crypt3.crypt is not None, "libcrypt (libxcrypt) is on every Debian system"
+    assert crypt3.crypt("Hello world!", stored) == stored
+    assert verify_password("Hello world!", scheme + stored)
+    assert not verify_password("Hello world?", scheme + stored)
+    # C strings end at NUL: a password with one must not pass as its prefix.
+    assert not verify_password("Hello world!\0tail", scheme + stored)
+
+
+def test_sha_crypt_scheme_and_hash_must_agree() -> None:
+    sha256 = SHA_CRYPT_VECTORS[0][1]
+    assert not verify_password("Hello world!", "{SHA512-CRYPT}" + sha256)
+    assert not verify_password("Hello world!", "{BLF-CRYPT}" + sha256)
 
 
 def test_passwd_file_parsing(tmp_path) -> None:
