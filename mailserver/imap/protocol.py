@@ -22,6 +22,7 @@ from mailserver.limits import LimitedFactory, SessionSpec, is_loopback, peer_hos
 from mailserver.login import LoginService
 from mailserver.session import Authenticate, Effect
 from mailserver.store.maildir import MaildirStore
+from mailserver.store.readahead import ReadAhead
 
 log = Logger()
 
@@ -86,6 +87,8 @@ class IMAPFactory(LimitedFactory):
             sessions=self.sessions,
         )
 
+        reader = ReadAhead()
+
         def logged(address: str | None, username: str) -> str | None:
             log.info(
                 "IMAP login {result} session={session} peer={peer} user={user!r}",
@@ -98,7 +101,7 @@ class IMAPFactory(LimitedFactory):
 
         def run(effect: Effect) -> Any:
             if isinstance(effect, ReadMessage):
-                return effect.folder.read(effect.uid)
+                return reader.read(effect.folder, effect.uid, effect.upcoming)
             if isinstance(effect, Pause):
                 return task.deferLater(self.reactor, 0, lambda: None)
             if isinstance(effect, AppendMessage):

@@ -46,6 +46,7 @@ from mailserver.store.maildir import (
     NoSuchFolder,
     QuotaExceeded,
 )
+from mailserver.store.readahead import READ_AHEAD_MESSAGES
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 SPECIAL_USE = {
@@ -139,10 +140,12 @@ class CopyMessages(Effect):
 
 @dataclass(frozen=True)
 class ReadMessage(Effect):
-    """Read a message's bytes (CRLF line ends); the result is the bytes."""
+    """Read a message's bytes (CRLF line ends); the result is the bytes. ``upcoming``
+    are the UIDs the session will read next, which the reader may read ahead."""
 
     folder: Folder
     uid: int
+    upcoming: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1078,8 +1081,9 @@ class IMAPSession:
                 continue  # expunged by another session, not yet reported
             parts = None
             if needs_body:
+                upcoming = tuple(u for _, u in targets[count : count + READ_AHEAD_MESSAGES])
                 try:
-                    data = yield ReadMessage(folder, uid)
+                    data = yield ReadMessage(folder, uid, upcoming)
                 except (OSError, KeyError):
                     continue
                 if self.selected is not selected:
@@ -1191,7 +1195,9 @@ class IMAPSession:
             result = program.key.match(candidate, None)
             if result is None:
                 try:
-                    data = yield ReadMessage(folder, uid)
+                    data = yield ReadMessage(
+                        folder, uid, tuple(uids[seq : seq + READ_AHEAD_MESSAGES])
+                    )
                 except (OSError, KeyError):
                     continue
                 reads += 1

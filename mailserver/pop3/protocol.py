@@ -30,6 +30,7 @@ from mailserver.pop3.session import (
 )
 from mailserver.session import Authenticate, Effect
 from mailserver.store.maildir import Folder, MaildirStore
+from mailserver.store.readahead import ReadAhead
 
 log = Logger()
 ROLE = "POP3"
@@ -44,6 +45,7 @@ class POP3Connection:
         self.peer = peer
         self.folder: Folder | None = None
         self.locked: str | None = None  # the address whose lock we hold
+        self.reader = ReadAhead()
 
     def run(self, effect: Effect) -> Any:
         """The driver's effect runner: a result, a Deferred, or an exception."""
@@ -52,7 +54,7 @@ class POP3Connection:
         if isinstance(effect, OpenMaildrop):
             return self._open(effect.address)
         if isinstance(effect, ReadMessage):
-            return self._read(effect.uid)
+            return self._read(effect.uid, effect.upcoming)
         if isinstance(effect, CommitDeletes):
             return self._commit(effect.uids)
         raise TypeError(f"POP3 cannot run {effect!r}")
@@ -99,9 +101,9 @@ class POP3Connection:
         self.folder = folder
         return [MaildropEntry(m.uid, unique_id_for(m.base), m.size) for m in folder.messages]
 
-    def _read(self, uid: int) -> defer.Deferred[bytes]:
+    def _read(self, uid: int, upcoming: tuple[int, ...]) -> defer.Deferred[bytes]:
         assert self.folder is not None, "ReadMessage before OpenMaildrop"
-        d = self.folder.read(uid)
+        d = self.reader.read(self.folder, uid, upcoming)
 
         def logged(data: bytes) -> bytes:
             self._log("retr uid={uid} size={size}", uid=uid, size=len(data))

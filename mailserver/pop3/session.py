@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from twisted.python.failure import Failure
 
 from mailserver.session import Action, Authenticate, Close, Effect, Send, StartTLS
+from mailserver.store.readahead import READ_AHEAD_MESSAGES
 
 CRLF = b"\r\n"
 # RFC 2449 §5: what CAPA announces, in this order (USER only while plaintext is allowed).
@@ -57,9 +58,11 @@ class OpenMaildrop(Effect):
 
 @dataclass(frozen=True)
 class ReadMessage(Effect):
-    """Read one message; the result is its bytes with CRLF line ends."""
+    """Read one message; the result is its bytes with CRLF line ends. ``upcoming``: the
+    UIDs of the messages after it, which clients download next and may be read ahead."""
 
     uid: int
+    upcoming: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -530,7 +533,12 @@ class POP3Session:
             for chunk in stuffed_response(f"+OK {len(data)} octets", data):
                 self._send(chunk)
 
-        self._effect(ReadMessage(self._entries[number - 1].uid), send)
+        upcoming = tuple(
+            e.uid
+            for n, e in enumerate(self._entries[number : number + READ_AHEAD_MESSAGES], number + 1)
+            if n not in self._deleted
+        )
+        self._effect(ReadMessage(self._entries[number - 1].uid, upcoming), send)
 
     def _dele(self, arg: bytes | None) -> None:
         number = self._message(arg)

@@ -1,0 +1,75 @@
+"""Read-ahead of message files for one session.
+
+A FETCH of a thousand bodies, a SEARCH in the text or a POP3 client downloading its
+maildrop reads one message after the other. A thread hop per message (read in a thread
+so that a cold disk never stalls the reactor) costs more than the read itself, so a
+session that knows what it will read next says so, and a miss reads the wanted message
+and those that follow, up to a budget, in one thread job. What was read ahead is served
+from memory; only the latest batch is kept, so memory stays bounded by the budget.
+Message files never change once delivered (flags live in the name), so what is cached
+is what a new read would return; an expunge is seen by the caller, who looks the
+message up in the index after the read as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet import defer
+
+from mailserver.store.maildir import Folder, read_message_file
+
+READ_AHEAD_MESSAGES = 64
+READ_AHEAD_BYTES = 1 << 20  # beyond this, one message a thread job as before
+
+
+class ReadAhead:
+    """The batch of message bytes a session has read ahead, by (folder, UID)."""
+
+    def __init__(
+        self, max_messages: int = READ_AHEAD_MESSAGES, max_bytes: int = READ_AHEAD_BYTES
+    ) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._batch: dict[tuple[Folder, int], bytes] = {}
+
+    def read(self, folder: Folder, uid: int, upcoming: Sequence[int] = ()) -> defer.Deferred[bytes]:
+        """The message's bytes (CRLF line ends); ``upcoming`` are the UIDs the caller will
+        ask for next, in order, which a miss reads in the same thread job."""
+        data = self._batch.pop((folder, uid), None)
+        if data is not None:
+            return defer.succeed(data)
+        wanted = folder.by_uid(uid)
+        if wanted is None or wanted.size > self.max_bytes or not upcoming:
+            self._batch.clear()
+            return folder.read(uid)
+        plan = [(uid, folder.file_path(wanted), wanted.crlf)]
+        budget = self.max_bytes - wanted.size
+        for next_uid in upcoming[: self.max_messages - 1]:
+            message = folder.by_uid(next_uid)
+            if message is None:
+                continue
+            if message.size > budget:
+                break
+            budget -= message.size
+            plan.append((next_uid, folder.file_path(message), message.crlf))
+
+        def read_all() -> dict[int, bytes]:
+            found = {}
+            for each_uid, path, crlf in plan:
+                try:
+                    found[each_uid] = read_message_file(path, crlf)
+                except OSError:
+                    continue  # renamed or expunged meanwhile: read alone when asked for
+            return found
+
+        def done(found: dict[int, bytes]) -> bytes | defer.Deferred[bytes]:
+            first = found.pop(uid, None)
+            self._batch = {(folder, u): data for u, data in found.items()}
+            if first is None:
+                return folder.read(uid)  # its flags changed meanwhile: the path with retry
+            return first
+
+        d = folder.store.run_in_thread(read_all)
+        d.addCallback(done)
+        return d
