@@ -628,10 +628,8 @@ class IMAPSession:
         if folder is None:
             return
         folder.refresh()
-        if readonly:
-            recent = {m.uid for m in folder.messages if m.subdir == "new"}
-        else:
-            recent = set(folder.take_new())
+        # RFC 3501 §2.3.2: a read-write session claims the recent messages for itself.
+        recent = set(folder.recent_uids() if readonly else folder.claim_recent())
         selected = _Selected(folder, readonly, recent)
         self.selected = selected
         self.store.bus.subscribe(folder.key, self._on_change)
@@ -851,7 +849,7 @@ class IMAPSession:
         folder.refresh()
         values = {
             "MESSAGES": len(folder.messages),
-            "RECENT": sum(1 for m in folder.messages if m.subdir == "new"),
+            "RECENT": len(folder.recent_uids()),
             "UIDNEXT": folder.uidnext,
             "UIDVALIDITY": folder.uidvalidity,
             "UNSEEN": sum(1 for m in folder.messages if "\\Seen" not in m.flags),
@@ -1074,6 +1072,7 @@ class IMAPSession:
         selected = self.selected
         folder = selected.folder
         needs_body = any(a.name not in _INDEX_ITEMS for a in attributes)
+        target_uids = [uid for _, uid in targets] if needs_body else []  # for read-ahead
         sets_seen = not selected.readonly and any(a.sets_seen for a in attributes)
         for count, (seq, uid) in enumerate(targets, 1):
             message = folder.by_uid(uid)
@@ -1081,7 +1080,7 @@ class IMAPSession:
                 continue  # expunged by another session, not yet reported
             parts = None
             if needs_body:
-                upcoming = tuple(u for _, u in targets[count : count + READ_AHEAD_MESSAGES])
+                upcoming = tuple(target_uids[count : count + READ_AHEAD_MESSAGES])
                 try:
                     data = yield ReadMessage(folder, uid, upcoming)
                 except (OSError, KeyError):
@@ -1304,13 +1303,10 @@ class IMAPSession:
                 new.reverse()
                 selected.uids.extend(new)
                 # RFC 3501 §2.3.2: \Recent goes to the first session told of a message;
-                # a read-write one claims it by moving it from new/ to cur/.
-                if selected.readonly:
-                    arrived = set(new)
-                    claimed = {m.uid for m in selected.folder.messages if m.subdir == "new"}
-                    selected.recent.update(arrived & claimed)
-                else:
-                    selected.recent.update(set(new) & set(selected.folder.take_new()))
+                # a read-write one claims it.
+                folder = selected.folder
+                recent = folder.recent_uids() if selected.readonly else folder.claim_recent()
+                selected.recent.update(set(new) & set(recent))
                 self._send(f"* {len(selected.uids)} EXISTS\r\n".encode())
                 self._send(f"* {len(selected.recent)} RECENT\r\n".encode())
         if selected.flags_changed:

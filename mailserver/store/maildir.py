@@ -397,20 +397,28 @@ class Folder:
                 uidlist.append(self.path, self._uidlist, pending, updated=True)
             self._dir_stamp = self._stamp()
 
-    def take_new(self) -> list[int]:
-        """Move messages from new/ to cur/ (a client has now seen them); their UIDs."""
-        moved = [m.uid for m in self.messages if m.subdir == "new"]
-        for uid in moved:
-            message = self._by_uid[uid]
-            old_path = self.file_path(message)
-            message.subdir = "cur"
-            try:
-                os.rename(old_path, self.file_path(message))
-            except FileNotFoundError:
-                message.subdir = "new"
-        if moved:
-            self._dir_stamp = self._stamp()
-        return moved
+    # \Recent (RFC 3501 §2.3.2) ----------------------------------------------------------
+    def recent_uids(self) -> list[int]:
+        """The messages no read-write session has been told of yet, in UID order."""
+        first = self._uidlist.first_recent_uid
+        if first is None:  # never claimed: those still in new/, as maildir(5) has it
+            return [m.uid for m in self.messages if m.subdir == "new"]
+        recent = []
+        for message in reversed(self.messages):
+            if message.uid < first:
+                break
+            recent.append(message.uid)
+        recent.reverse()
+        return recent
+
+    def claim_recent(self) -> list[int]:
+        """A read-write session is told of the recent messages: they are recent for it
+        alone. The claim is recorded in the UID list; the files stay where they are."""
+        recent = self.recent_uids()
+        if recent:
+            self._uidlist.first_recent_uid = recent[-1] + 1
+            uidlist.claim_recent(self.path, self._uidlist)
+        return recent
 
     # Expunge -------------------------------------------------------------------------
     def expunge(self, uids: Iterable[int]) -> list[int]:

@@ -4,11 +4,16 @@ and never reused while UIDVALIDITY stays the same).
 The file is ``mailserver-uidlist`` in the folder's directory, in the layout of Dovecot's
 ``dovecot-uidlist`` version 3, so an admin can read it::
 
-    3 V<uidvalidity> N<uidnext> M<highest modseq>
+    3 V<uidvalidity> N<uidnext> M<highest modseq> R<first recent uid>
     <uid> T<internal date> W<size> M<modseq> [C0] :<maildir base name>
+    R<first recent uid>
 
 ``M`` is the message's RFC 7162 mod-sequence; ``C0`` marks a file with bare LF line ends
-(written by another tool), so that it need not be read again to find out. New messages
+(written by another tool), so that it need not be read again to find out. ``R`` is the
+first UID that no read-write session has been told of yet (RFC 3501 §2.3.2 \\Recent), as
+in Dovecot's index: claiming the recent messages appends an ``R`` line, so that they
+need not be renamed from new/ to cur/ at SELECT (Dovecot's ``maildir_empty_new = no``).
+New messages
 are appended, and so is a message's record again when its flags change (the later line
 wins on load); the file is rewritten (atomically, by rename) when expunged entries are
 dropped or the repeated records pile up. If the file is lost, the folder gets a new
@@ -43,6 +48,9 @@ class UidList:
     highest_modseq: int = 1
     # Lines in the file beyond one per record (repeated records): when to compact.
     extra_lines: int = 0
+    # RFC 3501 §2.3.2: messages from this UID on are \Recent. None until a session has
+    # claimed any (and in files from before the field): then the messages in new/ are.
+    first_recent_uid: int | None = None
 
     @classmethod
     def fresh(cls) -> UidList:
@@ -65,9 +73,15 @@ def load(folder_path: str) -> UidList:
     fields = {item[0]: item[1:] for item in header[1:] if item}
     try:
         uidlist = UidList(int(fields["V"]), int(fields["N"]), {}, int(fields.get("M", "1")))
+        if "R" in fields:
+            uidlist.first_recent_uid = int(fields["R"])
     except (KeyError, ValueError):
         return UidList.fresh()
     for line in lines[1:]:
+        if line.startswith("R") and line[1:].isdigit():
+            uidlist.first_recent_uid = max(uidlist.first_recent_uid or 1, int(line[1:]))
+            uidlist.extra_lines += 1
+            continue
         record = _parse_record(line)
         if record is not None:
             if record.base in uidlist.records:
@@ -114,7 +128,8 @@ def _format_record(record: UidRecord) -> str:
 
 
 def _header(uidlist: UidList) -> str:
-    return f"3 V{uidlist.uidvalidity} N{uidlist.uidnext} M{uidlist.highest_modseq}\n"
+    recent = f" R{uidlist.first_recent_uid}" if uidlist.first_recent_uid is not None else ""
+    return f"3 V{uidlist.uidvalidity} N{uidlist.uidnext} M{uidlist.highest_modseq}{recent}\n"
 
 
 def rewrite(folder_path: str, uidlist: UidList) -> None:
@@ -143,3 +158,14 @@ def append(
         return
     with open(path, "a", encoding="utf-8", errors="surrogateescape") as f:
         f.writelines(_format_record(r) for r in records)
+
+
+def claim_recent(folder_path: str, uidlist: UidList) -> None:
+    """Record that the messages below ``uidlist.first_recent_uid`` are no longer recent."""
+    path = os.path.join(folder_path, FILENAME)
+    uidlist.extra_lines += 1
+    if not os.path.exists(path) or uidlist.extra_lines > max(1000, len(uidlist.records)):
+        rewrite(folder_path, uidlist)
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"R{uidlist.first_recent_uid}\n")

@@ -173,16 +173,17 @@ def test_append_with_flags_and_date(mail3: Mail) -> None:
     out = client.send(b'a APPEND INBOX (\\Seen $Work) "05-Feb-2024 10:11:12 +0100" {14}\r\n')
     assert out == b"+ Ready for literal data\r\n"
     # The new keyword changes the folder's FLAGS (RFC 3501 §7.2.6); the message is told
-    # to the selected session at once, as RFC 3501 §6.3.11 suggests.
+    # to the selected session at once, as RFC 3501 §6.3.11 suggests, and is \Recent there
+    # (the first session told of it), whatever its flags.
     assert client.send(b"Subject: x\r\n\r\n\r\n") == (
         b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)\r\n"
         b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)]"
         b" Flags permitted\r\n"
-        b"* 4 EXISTS\r\n* 3 RECENT\r\n"
+        b"* 4 EXISTS\r\n* 4 RECENT\r\n"
         b"a OK [APPENDUID %d 4] APPEND completed\r\n" % v
     )
     assert fetch(client, b"4 (FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])") == (
-        b'* 4 FETCH (FLAGS ($Work \\Seen) INTERNALDATE " 5-Feb-2024 09:11:12 +0000"'
+        b'* 4 FETCH (FLAGS ($Work \\Seen \\Recent) INTERNALDATE " 5-Feb-2024 09:11:12 +0000"'
         b" RFC822.SIZE 14 BODY[] {14}\r\nSubject: x\r\n\r\n)\r\nf OK FETCH completed\r\n"
     )
     # The other session hears of it at its next command, not before.
@@ -447,9 +448,10 @@ def test_flag_change_by_another_program_gets_a_modseq(mail3: Mail) -> None:
     folder = mail3.store.folder(ALICE)
     message = folder.by_uid(1)
     assert message is not None
-    path = folder.file_path(message)
-    os.rename(path, path + "F" if ":2," in path else path + ":2,F")
-    os.utime(os.path.dirname(path), None)
+    path = folder.file_path(message)  # in new/: selecting it did not move it
+    flagged = os.path.join(folder.path, "cur", message.base + ":2,F")
+    os.rename(path, flagged)
+    os.utime(os.path.dirname(flagged), None)
     out = client.send(b"n NOOP\r\n")
     assert out == (
         b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent) MODSEQ (5))\r\nn OK NOOP completed\r\n"

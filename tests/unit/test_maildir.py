@@ -150,12 +150,26 @@ class StoreTests(unittest.TestCase):
         with self.assertRaises(QuotaExceeded):
             await store.deliver(ALICE, [MESSAGE])
 
-    async def test_take_new_moves_to_cur(self) -> None:
+    async def test_recent_is_claimed_once_and_survives_a_restart(self) -> None:
         folder = self.store.folder(ALICE)
-        stored = await self.store.deliver(ALICE, [MESSAGE])
-        self.assertEqual(folder.take_new(), [stored.uid])
-        self.assertEqual(os.listdir(os.path.join(folder.path, "new")), [])
-        self.assertEqual(len(os.listdir(os.path.join(folder.path, "cur"))), 1)
+        first = await self.store.deliver(ALICE, [MESSAGE])
+        # Before any claim, what is in new/ is recent (maildir(5)).
+        self.assertEqual(folder.recent_uids(), [first.uid])
+        self.assertEqual(folder.claim_recent(), [first.uid])
+        self.assertEqual(folder.recent_uids(), [])
+        self.assertEqual(folder.claim_recent(), [])
+        # The file stays in new/: claiming is recorded in the UID list, not by renaming.
+        self.assertEqual(len(os.listdir(os.path.join(folder.path, "new"))), 1)
+        second = await self.store.deliver(ALICE, [MESSAGE], flags={"\\Seen"})
+        self.assertEqual(folder.recent_uids(), [second.uid])  # in cur/, yet never told
+        again = self.reopen().folder(ALICE)
+        self.assertEqual(again.recent_uids(), [second.uid])
+        self.assertEqual(again.claim_recent(), [second.uid])
+        self.assertEqual(self.reopen().folder(ALICE).recent_uids(), [])
+        # The claims survive a compaction of the list too.
+        again.expunge([first.uid])
+        self.assertEqual(uidlist.load(again.path).first_recent_uid, second.uid + 1)
+        self.assertEqual(self.reopen().folder(ALICE).recent_uids(), [])
 
 
 def test_crlf_from_base() -> None:
