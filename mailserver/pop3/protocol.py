@@ -46,6 +46,11 @@ class POP3Connection:
         self.folder: Folder | None = None
         self.locked: str | None = None  # the address whose lock we hold
         self.reader = ReadAhead()
+        # Summed up in one log line when the maildrop is released, as Dovecot's
+        # pop3_logout_format does: a line per RETR costs more than the RETR itself.
+        self.retrieved = 0
+        self.retrieved_bytes = 0
+        self.deleted = 0
 
     def run(self, effect: Effect) -> Any:
         """The driver's effect runner: a result, a Deferred, or an exception."""
@@ -105,15 +110,16 @@ class POP3Connection:
         assert self.folder is not None, "ReadMessage before OpenMaildrop"
         d = self.reader.read(self.folder, uid, upcoming)
 
-        def logged(data: bytes) -> bytes:
-            self._log("retr uid={uid} size={size}", uid=uid, size=len(data))
+        def counted(data: bytes) -> bytes:
+            self.retrieved += 1
+            self.retrieved_bytes += len(data)
             return data
 
         def failed(failure: Failure) -> Failure:
             self._log("retr failed uid={uid}: {error}", uid=uid, error=failure.getErrorMessage())
             return failure
 
-        d.addCallbacks(logged, failed)
+        d.addCallbacks(counted, failed)
         return d
 
     def _commit(self, uids: tuple[int, ...]) -> list[int]:
@@ -122,15 +128,22 @@ class POP3Connection:
             removed = self.folder.expunge(uids)
         except Exception as e:
             self._log("dele failed uids={uids}: {error}", uids=list(uids), error=e)
-            raise
-        finally:
             self._release()
-        self._log("dele committed uids={uids}", uids=removed)
+            raise
+        self.deleted = len(removed)
+        self._release()
         return removed
 
     def _release(self) -> None:
         if self.locked is not None:
             self.factory.locks.discard(self.locked)
+            self._log(
+                "maildrop released user={user} retr={retr}/{octets} dele={dele}",
+                user=self.locked,
+                retr=self.retrieved,
+                octets=self.retrieved_bytes,
+                dele=self.deleted,
+            )
             self.locked = None
         self.folder = None
 
