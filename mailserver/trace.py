@@ -201,6 +201,7 @@ class ConnectionTrace:
         self.tracer = tracer
         self.role = role
         self.session = session
+        self.implicit_tls = False  # a 465/993/995 listener: TLS before the first line
         self.client = LineSplitter()
         self.server = LineSplitter()
 
@@ -210,6 +211,9 @@ class ConnectionTrace:
     def opened(self, peer: str, port: int | None) -> None:
         where = f" on port {port}" if port is not None else ""
         self.emit(NOTE, f"connection from {peer}{where}", "", self.opened_note())
+        if self.implicit_tls:
+            # RFC 8314 §3: the handshake comes first, so every line below is encrypted.
+            self.emit(NOTE, "TLS from the first byte (implicit TLS)", "RFC 8314 §3")
 
     def opened_note(self) -> str:
         return ""
@@ -745,8 +749,10 @@ class Tracer(Service):
         self._buffer: list[str] = []
         self._flush_call: Any = None
 
-    def connection(self, role: str, session: str) -> ConnectionTrace:
-        return PROTOCOL_TRACES[role](self, role, session)
+    def connection(self, role: str, session: str, implicit_tls: bool = False) -> ConnectionTrace:
+        trace = PROTOCOL_TRACES[role](self, role, session)
+        trace.implicit_tls = implicit_tls
+        return trace
 
     def emit(
         self, role: str, session: str, direction: str, line: str, rfc: str = "", note: str = ""
