@@ -9,9 +9,12 @@ the server writes to ``<run_dir>/trace.jsonl``:
 2. alice submits a message to bob over the MSA (STARTTLS, AUTH PLAIN): push;
 3. bob's IDLE session hears of it at once;
 4. bob reads it over IMAP: pull;
-5. alice's phone downloads her own mail over POP3 with implicit TLS: pull.
+5. alice's phone downloads her own mail over POP3 with implicit TLS: pull;
+6. alice writes to carol@remote.test: the queue (OUT) pushes the message to a second
+   server, started for the demo as remote.test, whose MTA and MDA take it.
 
-The server is stopped by its PID and the temporary directory removed at the end.
+Each step waits for its own last trace event, not for a fixed time. Both servers are
+stopped by their PIDs and the temporary directory removed at the end.
 """
 
 from __future__ import annotations
