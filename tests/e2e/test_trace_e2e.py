@@ -182,6 +182,15 @@ class PasswordsNeverTraced(TraceTestCase):
             code, _ = smtp.docmd("AUTH", "PLAIN")
             assert code == 334
             assert smtp.docmd(PLAIN)[0] == 235
+        wire = Wire(port["submission"])  # AUTH LOGIN with the user name as initial response
+        wire.until(SMTP_DONE)
+        wire.send("EHLO client.example.test\r\n")
+        wire.until(SMTP_DONE)
+        wire.send(f"AUTH LOGIN {base64.b64encode(ALICE.encode()).decode()}\r\n")
+        assert wire.until(SMTP_DONE)[-1].startswith(b"334 ")
+        wire.send(f"{base64.b64encode(PASSWORD.encode()).decode()}\r\n")
+        assert wire.until(SMTP_DONE)[-1].startswith(b"235 ")
+        wire.close()
 
         imap = imaplib.IMAP4("127.0.0.1", port["imap"], timeout=30)
         imap.login(ALICE, PASSWORD)  # an atom
@@ -199,7 +208,11 @@ class PasswordsNeverTraced(TraceTestCase):
         wire.until(imap_done("l1"))
         wire.send(f"{PASSWORD}\r\n")
         assert wire.until(imap_done("l1"))[-1].startswith(b"l1 OK")
-        wire.send(f"l2 LOGOUT\r\nl3 LOGIN {ALICE} {{{len(PASSWORD)}+}}\r\n{PASSWORD}\r\n")
+        wire.close()
+        wire = Wire(port["imap"])
+        wire.until(re.compile(rb"^\* OK"))
+        wire.send(f"l3 LOGIN {ALICE} {{{len(PASSWORD)}+}}\r\n{PASSWORD}\r\n")  # LITERAL+
+        assert wire.until(imap_done("l3"))[-1].startswith(b"l3 OK")
         wire.close()
         imap = imaplib.IMAP4("127.0.0.1", port["imap"], timeout=30)
         imap.authenticate("PLAIN", lambda _: f"\0{ALICE}\0{PASSWORD}".encode())

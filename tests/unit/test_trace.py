@@ -315,3 +315,16 @@ def test_trace_bodies_is_checked(tmp_path: object) -> None:
         f.write('[server]\ntrace = true\ntrace_bodies = "all"\n[listeners]\nsmtp = "tcp:0"\n')
     with pytest.raises(ConfigError, match=r"\[server\] trace_bodies: expected summary or full"):
         load(path)
+
+
+def test_implicit_tls_connections_say_so_before_the_first_line() -> None:
+    events: list[TraceEvent] = []
+    tracer = Tracer(clock=lambda: 0.0, to_log=False)
+    tracer.sinks.append(events.append)
+    tracer.connection("POP3", "s1", implicit_tls=True).opened("127.0.0.1", 995)
+    tracer.connection("POP3", "s2").opened("127.0.0.1", 110)
+    assert [(e.session, e.line, e.rfc) for e in events if e.dir == "*"] == [
+        ("s1", "connection from 127.0.0.1 on port 995", ""),
+        ("s1", "TLS from the first byte (implicit TLS)", "RFC 8314 §3"),
+        ("s2", "connection from 127.0.0.1 on port 110", ""),
+    ]
