@@ -10,6 +10,8 @@ import poplib
 import re
 import smtplib
 import socket
+import subprocess
+import sys
 
 from twisted.internet import threads
 from twisted.logger import globalLogPublisher
@@ -253,3 +255,48 @@ class PasswordsNeverTraced(TraceTestCase):
         assert len(logged) == len(events)
         for secret in SECRETS:
             assert secret not in output
+
+
+class FollowedFromAnotherProcess(TraceTestCase):
+    """``mailserver trace`` in its own process follows the running server's trace file."""
+
+    timeout = 60
+
+    def follower(self, *flags: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "mailserver.cli", "trace", "--config", self.config.path]
+        process = subprocess.Popen([*command, *flags], stdout=subprocess.PIPE, text=True)
+        self.addCleanup(process.wait)
+        self.addCleanup(process.terminate)  # by its PID: the follower this test started
+        return process
+
+    @staticmethod
+    def read_until_closed(process: subprocess.Popen[str]) -> list[str]:
+        assert process.stdout is not None
+        lines: list[str] = []
+        while not lines or "connection closed" not in lines[-1]:
+            line = process.stdout.readline()
+            assert line, f"the follower ended; it printed {lines!r}"
+            lines.append(line)
+        return lines
+
+    def login(self) -> None:
+        with smtplib.SMTP("127.0.0.1", self.ports["submission"], timeout=30) as smtp:
+            smtp.login(ALICE, PASSWORD)
+
+    async def test_human_and_json_forms_follow_a_session(self) -> None:
+        await self.start_server()
+        human = self.follower("--from-start")
+        raw = self.follower("--from-start", "--json")
+        await threads.deferToThread(self.login)
+        shown = await threads.deferToThread(self.read_until_closed, human)
+        events = [
+            TraceEvent.from_json(x)
+            for x in await threads.deferToThread(self.read_until_closed, raw)
+        ]
+        assert [e.role for e in events] == ["MSA"] * len(events)
+        assert len(shown) == len(events)
+        auth = [line for line in shown if " C: AUTH PLAIN " in line]
+        assert len(auth) == 1 and "[RFC 4954 §4: log in with SASL]" in auth[0]
+        assert re.match(r"^\d\d:\d\d:\d\d\.\d{3} MSA  [0-9a-f]{12} \*: connection from", shown[0])
+        for secret in SECRETS:
+            assert not [x for x in shown + [e.to_json() for e in events] if secret in x]
