@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 import time
 from collections import deque
@@ -86,6 +87,16 @@ def format_event(event: TraceEvent, width: int = 60) -> str:
 def _show(data: bytes) -> str:
     text = data.decode("utf-8", "backslashreplace")
     return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…"
+
+
+def _first_word(text: str) -> tuple[str, str]:
+    """The first word and the rest, split at any run of white space.
+
+    Looser than any of our parsers on purpose: a line a server might still read as
+    AUTH, PASS or LOGIN is masked as one (a leading blank, a tab, two spaces).
+    """
+    words = text.split(None, 1)
+    return (words[0] if words else ""), (words[1] if len(words) > 1 else "")
 
 
 def describe_sasl(response: bytes) -> str:
@@ -328,14 +339,14 @@ class SMTPTrace(ConnectionTrace):
             self.emit(CLIENT, describe_sasl(line), "RFC 4954 §4", "SASL response")
             return
         text = _show(line)
-        verb, _, argument = text.partition(" ")
+        verb, argument = _first_word(text)
         verb = verb.upper()
         self.pending.append(verb)
         rfc, note = SMTP_COMMANDS.get(verb, ("", "not an SMTP command"))
         if verb == "AUTH":
             # RFC 4954 §4: the server reads SASL responses until it replies to AUTH.
             self.sasl = True
-            mechanism, _, initial = argument.partition(" ")
+            mechanism, initial = _first_word(argument)
             if initial:
                 text = f"AUTH {mechanism} {describe_sasl(initial.encode())}"
         self.emit(CLIENT, text, rfc, note)
@@ -517,7 +528,7 @@ class IMAPTrace(ConnectionTrace):
                 self._client_literal_done()
 
     def _command_line(self, line: bytes) -> None:
-        parts = line.split(b" ", 2)
+        parts = line.split(None, 2) or [b""]  # loosely, as _first_word: every LOGIN masked
         self.tag = parts[0].decode("utf-8", "replace")
         self.command = parts[1].decode("utf-8", "replace").upper() if len(parts) > 1 else ""
         self.arguments = 0
@@ -528,11 +539,11 @@ class IMAPTrace(ConnectionTrace):
         elif self.command == "AUTHENTICATE":
             # RFC 3501 §6.2.2: client lines are SASL responses until the tagged reply.
             self.sasl_tag = self.tag
-            mechanism, _, initial = rest.partition(b" ")
-            if initial:
+            words = rest.split(None, 1)
+            if len(words) > 1:
                 # RFC 4959: SASL-IR, the first response on the command line.
-                shown = b" ".join(parts[:2]) + b" " + mechanism + b" "
-                shown += describe_sasl(initial).encode()
+                shown = b" ".join(parts[:2]) + b" " + words[0] + b" "
+                shown += describe_sasl(words[1].strip()).encode()
         elif self.command == "IDLE":
             self.idle_tag = self.tag
         rfc, note = IMAP_COMMANDS.get(self.command, ("", "not an IMAP4rev1 command"))
@@ -650,7 +661,7 @@ class POP3Trace(ConnectionTrace):
             self.emit(CLIENT, describe_sasl(line), "RFC 5034 §4", "SASL response")
             return
         text = _show(line)
-        verb, _, argument = text.partition(" ")
+        verb, argument = _first_word(text)
         verb = verb.upper()
         # RFC 1939 §3 and RFC 2449 §5: which replies are multi-line.
         multi = verb in ("RETR", "TOP", "CAPA") or (
@@ -660,10 +671,10 @@ class POP3Trace(ConnectionTrace):
         if verb == "PASS":
             text = f"PASS {MASK}"
         elif verb == "APOP":
-            text = f"APOP {argument.partition(' ')[0]} {MASK}"
+            text = f"APOP {_first_word(argument)[0]} {MASK}"
         elif verb == "AUTH" and argument:
             self.sasl = True
-            mechanism, _, initial = argument.partition(" ")
+            mechanism, initial = _first_word(argument)
             text = f"AUTH {mechanism}" + (f" {describe_sasl(initial.encode())}" if initial else "")
         rfc, note = POP3_COMMANDS.get(verb, ("", "not a POP3 command"))
         self.emit(CLIENT, text, rfc, note)
@@ -768,7 +779,7 @@ class Tracer(Service):
     def startService(self) -> None:
         super().startService()
         if self.path is not None:
-            self._file = open(self.path, "w", encoding="utf-8")
+            self._file = open(self.path, "w", encoding="utf-8", opener=_private)
             self.sinks.append(self._write)
 
     def stopService(self) -> None:
@@ -794,6 +805,13 @@ class Tracer(Service):
             self._file.write("".join(self._buffer))
             self._file.flush()
         self._buffer.clear()
+
+
+def _private(path: str, flags: int) -> int:
+    """Open for the server's user only: the trace names users and shows their mail."""
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # also when an older trace file was left readable
+    return fd
 
 
 def follow_file(
