@@ -444,6 +444,7 @@ IMAP_UNTAGGED = {
     "FETCH": ("RFC 3501 §7.4.2", ""),
     "NAMESPACE": ("RFC 2342 §5", ""),
     "ID": ("RFC 2971 §3.2", ""),
+    "ENABLED": ("RFC 5161 §3.2", ""),
 }
 IMAP_TAGGED = {
     "OK": "tagged OK: the command with this tag is done",

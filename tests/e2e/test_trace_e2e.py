@@ -12,12 +12,14 @@ import smtplib
 import socket
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 from twisted.internet import threads
 from twisted.logger import globalLogPublisher
 
 from mailserver.trace import TRACE_FILE, TraceEvent
-from tests.e2e.harness import ALICE, BOB, PASSWORD, ServerTestCase
+from tests.e2e.harness import ALICE, BOB, PASSWORD, ServerProcess, ServerTestCase, free_ports
 
 GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "trace_golden.txt")
 PLAIN = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode()).decode()
@@ -257,46 +259,48 @@ class PasswordsNeverTraced(TraceTestCase):
             assert secret not in output
 
 
-class FollowedFromAnotherProcess(TraceTestCase):
-    """``mailserver trace`` in its own process follows the running server's trace file."""
+def follower(config: str, *flags: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "mailserver.cli", "trace", "--config", config, *flags]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    timeout = 60
 
-    def follower(self, *flags: str) -> subprocess.Popen[str]:
-        command = [sys.executable, "-m", "mailserver.cli", "trace", "--config", self.config.path]
-        process = subprocess.Popen([*command, *flags], stdout=subprocess.PIPE, text=True)
-        self.addCleanup(process.wait)
-        self.addCleanup(process.terminate)  # by its PID: the follower this test started
-        return process
+def read_sessions(process: subprocess.Popen[str], count: int) -> list[str]:
+    """What a follower prints until ``count`` connections have closed."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    while sum("connection closed" in line for line in lines) < count:
+        line = process.stdout.readline()
+        assert line, f"the follower ended; it printed {lines!r}"
+        lines.append(line)
+    return lines
 
-    @staticmethod
-    def read_until_closed(process: subprocess.Popen[str]) -> list[str]:
-        assert process.stdout is not None
-        lines: list[str] = []
-        while not lines or "connection closed" not in lines[-1]:
-            line = process.stdout.readline()
-            assert line, f"the follower ended; it printed {lines!r}"
-            lines.append(line)
-        return lines
 
-    def login(self) -> None:
-        with smtplib.SMTP("127.0.0.1", self.ports["submission"], timeout=30) as smtp:
+def test_twistd_trace_flag_followed_from_other_processes(tmp_path: Path) -> None:
+    """``twistd -n mailserver --trace`` (trace off in the file) and ``mailserver trace``
+    in two other processes, human and --json, each started before the server."""
+    (submission,) = free_ports(1)
+    server = ServerProcess(str(tmp_path), {"submission": submission}, flags=("--trace",))
+    followers = [follower(server.config, "--from-start", *f) for f in ((), ("--json",))]
+    # Should the trace never come, the followers are ended and the test fails, not hangs.
+    watchdog = threading.Timer(60, lambda: [p.terminate() for p in followers])
+    watchdog.start()
+    try:
+        server.start()
+        with smtplib.SMTP("127.0.0.1", submission, timeout=30) as smtp:
             smtp.login(ALICE, PASSWORD)
-
-    async def test_human_and_json_forms_follow_a_session(self) -> None:
-        await self.start_server()
-        human = self.follower("--from-start")
-        raw = self.follower("--from-start", "--json")
-        await threads.deferToThread(self.login)
-        shown = await threads.deferToThread(self.read_until_closed, human)
-        events = [
-            TraceEvent.from_json(x)
-            for x in await threads.deferToThread(self.read_until_closed, raw)
-        ]
-        assert [e.role for e in events] == ["MSA"] * len(events)
-        assert len(shown) == len(events)
-        auth = [line for line in shown if " C: AUTH PLAIN " in line]
-        assert len(auth) == 1 and "[RFC 4954 §4: log in with SASL]" in auth[0]
-        assert re.match(r"^\d\d:\d\d:\d\d\.\d{3} MSA  [0-9a-f]{12} \*: connection from", shown[0])
-        for secret in SECRETS:
-            assert not [x for x in shown + [e.to_json() for e in events] if secret in x]
+        # Two sessions: ServerProcess.start's probe of the port, then the login.
+        shown, raw = (read_sessions(p, 2) for p in followers)
+    finally:
+        watchdog.cancel()
+        server.stop()
+        for process in followers:  # by their PIDs: the followers this test started
+            process.terminate()
+            process.wait()
+    events = [TraceEvent.from_json(line) for line in raw]
+    assert {e.role for e in events} == {"MSA"} and len(shown) == len(events) > 10
+    auth = [line for line in shown if " C: AUTH PLAIN " in line]
+    assert len(auth) == 1 and "[RFC 4954 §4: log in with SASL]" in auth[0]
+    assert re.match(r"^\d\d:\d\d:\d\d\.\d{3} MSA  [0-9a-f]{12} \*: connection from", shown[0])
+    assert "trace is off" in followers[0].stderr.read()  # said once, then followed anyway
+    for secret in SECRETS:
+        assert not [x for x in shown + raw if secret in x]
