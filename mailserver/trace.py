@@ -473,6 +473,7 @@ class IMAPTrace(ConnectionTrace):
         self.idle_tag: str | None = None
         self.server_literal_left = 0
         self.server_literal = bytearray()
+        self.greeted = False
 
     def opened_note(self) -> str:
         return "IMAP: pull; the mail stays on the server, the client reads and marks it"
@@ -599,6 +600,11 @@ class IMAPTrace(ConnectionTrace):
             rfc, note = IMAP_UNTAGGED.get(key.upper(), ("", ""))
             if key.upper() == "EXISTS" and self.idle_tag is not None:
                 note = "pushed during IDLE: a new message arrived"
+            elif not self.greeted:
+                # RFC 3501 §7.1: the greeting is an untagged OK, PREAUTH or BYE.
+                note = {"OK": "greeting: log in next", "PREAUTH": "greeting: logged in"}.get(
+                    key.upper(), "greeting: the server refuses this connection"
+                )
         elif words[0] == "+":
             rfc, note = "RFC 3501 §7.5", "continuation: go on"
             if self.sasl_tag is not None:
@@ -608,6 +614,7 @@ class IMAPTrace(ConnectionTrace):
         elif len(words) > 1 and words[0] == self.tag:
             rfc, note = "RFC 3501 §7.1", IMAP_TAGGED.get(words[1].upper(), "")
             self._completed()
+        self.greeted = True
         self.emit(SERVER, text, rfc, note)
         match = _LITERAL.search(line)
         if match is not None and int(match.group(1)):
