@@ -84,6 +84,8 @@ def trace_command(args: argparse.Namespace) -> int:
             f"writes it all the same); following {path}",
             file=sys.stderr,
         )
+    if not os.path.exists(path):
+        print(f"mailserver: waiting for {path} (the server writes it at start)", file=sys.stderr)
     try:
         follow_file(
             path,
