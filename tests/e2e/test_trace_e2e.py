@@ -300,6 +300,10 @@ def test_twistd_trace_flag_followed_from_other_processes(tmp_path: Path) -> None
     watchdog = threading.Timer(60, lambda: [p.terminate() for p in followers])
     watchdog.start()
     try:
+        for process in followers:  # both are up, and wait, before the server starts
+            assert process.stderr is not None
+            said = [process.stderr.readline(), process.stderr.readline()]
+            assert "trace is off in" in said[0] and "waiting for" in said[1], said
         server.start()
         with smtplib.SMTP("127.0.0.1", submission, timeout=30) as smtp:
             smtp.login(ALICE, PASSWORD)
@@ -316,7 +320,5 @@ def test_twistd_trace_flag_followed_from_other_processes(tmp_path: Path) -> None
     auth = [line for line in shown if " C: AUTH PLAIN " in line]
     assert len(auth) == 1 and "[RFC 4954 §4: log in with SASL]" in auth[0]
     assert re.match(r"^\d\d:\d\d:\d\d\.\d{3} MSA  [0-9a-f]{12} \*: connection from", shown[0])
-    said = followers[0].stderr.read()  # then followed all the same
-    assert "trace is off" in said and "waiting for" in said
     for secret in SECRETS:
         assert not [x for x in shown + raw if secret in x]
