@@ -33,7 +33,7 @@ import tempfile
 import time
 import tomllib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -207,8 +207,8 @@ def server(directory: str, config: str, ports: list[int]) -> Iterator[TraceReade
             process.wait()
 
 
-def wait_for(ports: Any, process: subprocess.Popen[bytes], logfile: str) -> None:
-    deadline = time.monotonic() + 30
+def wait_for(ports: Iterable[int], process: subprocess.Popen[bytes], logfile: str) -> None:
+    deadline = time.monotonic() + WAIT
     for port in ports:
         while True:
             if process.poll() is not None:
