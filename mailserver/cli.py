@@ -80,8 +80,12 @@ def trace_command(args: argparse.Namespace) -> int:
     path = os.path.join(config.resolve(config.server.run_dir), TRACE_FILE)
     if not config.server.trace:
         print(
-            f"mailserver: trace is off in {args.config}; following {path} anyway", file=sys.stderr
+            f"mailserver: trace is off in {args.config} (a server started with --trace "
+            f"writes it all the same); following {path}",
+            file=sys.stderr,
         )
+    if not os.path.exists(path):
+        print(f"mailserver: waiting for {path} (the server writes it at start)", file=sys.stderr)
     try:
         follow_file(
             path,

@@ -9,9 +9,12 @@ the server writes to ``<run_dir>/trace.jsonl``:
 2. alice submits a message to bob over the MSA (STARTTLS, AUTH PLAIN): push;
 3. bob's IDLE session hears of it at once;
 4. bob reads it over IMAP: pull;
-5. alice's phone downloads her own mail over POP3 with implicit TLS: pull.
+5. alice's phone downloads her own mail over POP3 with implicit TLS: pull;
+6. alice writes to carol@remote.test: the queue (OUT) pushes the message to a second
+   server, started for the demo as remote.test, whose MTA and MDA take it.
 
-The server is stopped by its PID and the temporary directory removed at the end.
+Each step waits for its own last trace event, not for a fixed time. Both servers are
+stopped by their PIDs and the temporary directory removed at the end.
 """
 
 from __future__ import annotations
@@ -29,18 +32,22 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from mailserver.trace import TRACE_FILE, TraceEvent, format_event
+from mailserver.accounts import hash_password
+from mailserver.trace import NOTE, TRACE_FILE, TraceEvent, format_event
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
+CAROL = "carol@remote.test"  # a user of the other server the demo starts
+REMOTE_HOST = "mx.remote.test"
 PASSWORD = "secret"  # the sample password of etc/passwd
 LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
-QUIET = 0.6  # seconds without a new trace line before a step's trace is printed
+WAIT = 30  # seconds to wait for a step's trace before giving up
 MESSAGE = (
     "From: Alice <alice@example.test>\r\n"
     "To: Bob <bob@example.test>\r\n"
@@ -49,6 +56,13 @@ MESSAGE = (
     "Hi Bob,\r\n"
     "the new place around the corner, at noon?\r\n"
     "Alice\r\n"
+)
+REMOTE_MESSAGE = (
+    "From: Alice <alice@example.test>\r\n"
+    "To: Carol <carol@remote.test>\r\n"
+    "Subject: Hello from example.test\r\n"
+    "\r\n"
+    "Hi Carol, this one travels between two servers.\r\n"
 )
 
 
@@ -89,8 +103,12 @@ def dump_toml(data: dict[str, Any], prefix: str = "") -> str:
     return text
 
 
-def write_config(directory: str, ports: dict[str, int]) -> str:
-    """The embedded default, moved into ``directory`` and onto ``ports``, trace on."""
+def write_config(directory: str, ports: dict[str, int], relay: str, relay_ca: str) -> str:
+    """The embedded default, moved into ``directory`` and onto ``ports``, trace on.
+
+    Mail for other domains goes to ``relay`` (the other server's MTA), whose
+    certificate is checked against ``relay_ca``.
+    """
     with open(os.path.join(ROOT, "etc", "mailserver.toml"), "rb") as f:
         config = tomllib.load(f)
     run = os.path.join(directory, "run")
@@ -100,6 +118,28 @@ def write_config(directory: str, ports: dict[str, int]) -> str:
     )
     config["accounts"]["passwd_file"] = os.path.join(ROOT, "etc", "passwd")
     config["listeners"] = {name: [f"tcp:{ports[name]}:interface=127.0.0.1"] for name in LISTENERS}
+    config["queue"] = {"relay_host": relay, "tls_ca_file": relay_ca}
+    return save(directory, config)
+
+
+def write_remote_config(directory: str, port: int) -> str:
+    """The other server: carol's, for remote.test, with only its MTA listening."""
+    run = os.path.join(directory, "run")
+    passwd = os.path.join(directory, "passwd")
+    os.makedirs(directory)
+    with open(passwd, "w") as f:
+        f.write(f"{CAROL}:{hash_password(PASSWORD)}\n")
+    config = {
+        "server": {"hostname": REMOTE_HOST, "run_dir": run, "trace": True},
+        "domains": {"local": [CAROL.partition("@")[2]]},
+        "store": {"maildir": os.path.join(run, "Maildir")},
+        "accounts": {"passwd_file": passwd},
+        "listeners": {"smtp": [f"tcp:{port}:interface=127.0.0.1"]},
+    }
+    return save(directory, config)
+
+
+def save(directory: str, config: dict[str, Any]) -> str:
     path = os.path.join(directory, "mailserver.toml")
     with open(path, "w") as f:
         f.write(dump_toml(config))
@@ -107,49 +147,57 @@ def write_config(directory: str, ports: dict[str, int]) -> str:
 
 
 class TraceReader:
-    """Reads the events the server appended to its trace file since the last call."""
+    """Reads the events the server appends to its trace file, step by step."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.position = 0
         self.pending = b""
+        self.unread: deque[TraceEvent] = deque()
 
-    def read(self) -> list[TraceEvent]:
+    def _read(self) -> None:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.position)
                 data = f.read()
         except FileNotFoundError:
-            return []
+            return
         self.position += len(data)
         *lines, self.pending = (self.pending + data).split(b"\n")
-        return [TraceEvent.from_json(line.decode()) for line in lines if line]
+        self.unread.extend(TraceEvent.from_json(line.decode()) for line in lines if line)
 
-    def drain(self, quiet: float = QUIET) -> list[TraceEvent]:
-        """Everything written until the server has been quiet for ``quiet`` seconds."""
+    def until(self, done: Callable[[TraceEvent], bool], what: str) -> list[TraceEvent]:
+        """The events up to and including the first for which ``done`` is true.
+
+        The server flushes its trace file every FLUSH_INTERVAL (0.2 s): a step's events
+        are on disk that long after they happened, so no step waits for a fixed time.
+        """
         events: list[TraceEvent] = []
-        last = time.monotonic()
-        while time.monotonic() - last < quiet:
+        deadline = time.monotonic() + WAIT
+        while True:
+            while self.unread:
+                events.append(self.unread.popleft())
+                if done(events[-1]):
+                    return events
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: no trace of {what} after {WAIT} s")
             time.sleep(0.05)
-            new = self.read()
-            if new:
-                events += new
-                last = time.monotonic()
-        return events
+            self._read()
 
 
 @contextmanager
-def server(directory: str) -> Iterator[tuple[dict[str, int], str]]:
-    """Run ``twistd -n mailserver`` on free ports; yields (ports, trace file path)."""
-    ports = dict(zip(LISTENERS, free_ports(len(LISTENERS)), strict=True))
-    config = write_config(directory, ports)
+def server(directory: str, config: str, ports: list[int]) -> Iterator[TraceReader]:
+    """Run ``twistd -n mailserver`` until the block ends; yields its trace, probes skipped."""
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     logfile = os.path.join(directory, "twistd.log")
     command = [twistd, "-n", "--pidfile", "", "--logfile", logfile, "mailserver"]
     process = subprocess.Popen([*command, "--config", config], cwd=directory)
     try:
-        wait_for(ports.values(), process, logfile)
-        yield ports, os.path.join(directory, "run", TRACE_FILE)
+        wait_for(ports, process, logfile)
+        reader = TraceReader(os.path.join(directory, "run", TRACE_FILE))
+        for _ in ports:  # each probe of wait_for is a traced connection
+            reader.until(closed(), "the port probes")
+        yield reader
     finally:
         process.terminate()  # by its PID: only the server this demo started
         try:
@@ -159,8 +207,8 @@ def server(directory: str) -> Iterator[tuple[dict[str, int], str]]:
             process.wait()
 
 
-def wait_for(ports: Any, process: subprocess.Popen[bytes], logfile: str) -> None:
-    deadline = time.monotonic() + 30
+def wait_for(ports: Iterable[int], process: subprocess.Popen[bytes], logfile: str) -> None:
+    deadline = time.monotonic() + WAIT
     for port in ports:
         while True:
             if process.poll() is not None:
@@ -182,15 +230,18 @@ def step(title: str, explanation: str) -> None:
     print()
 
 
-def show(reader: TraceReader) -> None:
-    for event in reader.drain():
+def closed(role: str = "") -> Callable[[TraceEvent], bool]:
+    """Matches the end of a connection (of ``role``, if given)."""
+    return lambda e: e.line == "connection closed" and role in ("", e.role)
+
+
+def show(events: list[TraceEvent]) -> None:
+    for event in events:
         print(format_event(event))
 
 
-def scenario(ports: dict[str, int], trace_path: str, ca_file: str) -> None:
-    reader = TraceReader(trace_path)
-    reader.drain()  # the connections that checked the server listens
-    tls = ssl.create_default_context(cafile=ca_file)
+def scenario(ports: dict[str, int], trace: TraceReader, remote: TraceReader, ca: str) -> None:
+    tls = ssl.create_default_context(cafile=ca)
 
     step(
         f"1. bob opens his INBOX over IMAP (port {ports['imap']}) and waits in IDLE",
@@ -204,7 +255,7 @@ def scenario(ports: dict[str, int], trace_path: str, ca_file: str) -> None:
     tag = imap._new_tag().decode()
     imap.send(f"{tag} IDLE\r\n".encode())
     imap.readline()  # "+ idling"
-    show(reader)
+    show(trace.until(lambda e: e.line.startswith("+ "), "IDLE"))
 
     step(
         f"2. alice submits a message to bob over the MSA (port {ports['submission']}): push",
@@ -216,7 +267,7 @@ def scenario(ports: dict[str, int], trace_path: str, ca_file: str) -> None:
         smtp.starttls(context=tls)
         smtp.login(ALICE, PASSWORD)
         smtp.sendmail(ALICE, [BOB], MESSAGE)
-    show(reader)
+    show(trace.until(closed("MSA"), "the submission"))
 
     step(
         "3. bob's IDLE session heard of it at once",
@@ -230,7 +281,7 @@ def scenario(ports: dict[str, int], trace_path: str, ca_file: str) -> None:
     imap.send(b"DONE\r\n")
     while not imap.readline().startswith(tag.encode()):
         pass
-    show(reader)
+    show(trace.until(lambda e: e.line.startswith(f"{tag} "), "the end of IDLE"))
 
     number = exists.split()[1].decode()
     step(
@@ -240,7 +291,7 @@ def scenario(ports: dict[str, int], trace_path: str, ca_file: str) -> None:
     )
     imap.fetch(number, "(FLAGS BODY.PEEK[])")
     imap.logout()
-    show(reader)
+    show(trace.until(closed("IMAP"), "bob's IMAP session"))
 
     step(
         f"5. alice's phone downloads her mail over POP3 with TLS (port {ports['pop3s']})",
@@ -254,7 +305,24 @@ def scenario(ports: dict[str, int], trace_path: str, ca_file: str) -> None:
     pop.uidl()
     pop.retr(1)
     pop.quit()
-    show(reader)
+    show(trace.until(closed("POP3"), "the POP3 session"))
+
+    step(
+        f"6. alice writes to {CAROL}: the queue pushes it to carol's server",
+        """remote.test is not our domain: the MSA puts the message in the queue (250),
+        then the queue, as an SMTP client (OUT), pushes it to carol's server, whose MTA
+        (port 25 in production, no login) takes mail for its own domain only. Their
+        server traces the same lines from its side; only its events (*) are shown.""",
+    )
+    laptop = "alice-laptop.example.test"
+    with smtplib.SMTP_SSL("localhost", ports["submissions"], laptop, context=tls) as smtp:
+        smtp.login(ALICE, PASSWORD)
+        smtp.sendmail(ALICE, [CAROL], REMOTE_MESSAGE)
+    ours = trace.until(closed("OUT"), "the queue's delivery")
+    skipped = sum(e.role == "MSA" for e in ours)
+    print(f"(alice's submission over the MSA, as in step 2: {skipped} lines not shown)")
+    theirs = [e for e in remote.until(closed("MTA"), "carol's server") if e.dir == NOTE]
+    show(sorted([e for e in ours if e.role != "MSA"] + theirs, key=lambda e: e.time))
 
 
 def main() -> int:
@@ -262,10 +330,20 @@ def main() -> int:
     try:
         print("mailserver demo: push (SMTP) and pull (IMAP, POP3), traced line by line")
         print("    C: client to server, S: server to client, *: an event")
-        with server(directory) as (ports, trace_path):
-            ca_file = os.path.join(directory, "run", "tls", "ca.pem")
-            scenario(ports, trace_path, ca_file)
-        print("\nDone: the server is stopped and its temporary directory removed.")
+        remote_port, *our_ports = free_ports(1 + len(LISTENERS))
+        ports = dict(zip(LISTENERS, our_ports, strict=True))
+        there = os.path.join(directory, "remote")
+        with server(there, write_remote_config(there, remote_port), [remote_port]) as remote:
+            ca = os.path.join(directory, "run", "tls", "ca.pem")
+            config = write_config(
+                directory,
+                ports,
+                f"localhost:{remote_port}",
+                os.path.join(there, "run", "tls", "ca.pem"),
+            )
+            with server(directory, config, list(ports.values())) as trace:
+                scenario(ports, trace, remote, ca)
+        print("\nDone: both servers are stopped and the temporary directory removed.")
         print("Read docs/push-pull.md for what each step shows.")
         return 0
     finally:

@@ -66,6 +66,7 @@ class LimitedFactory(Factory):
     tls: Any = None  # offered for STARTTLS when set
     noisy = False  # our own connect/disconnect events say more than "Starting factory"
     tracer: Tracer | None = None  # set by the service when trace mode is on
+    implicit_tls = False  # set by the service for the 465/993/995 listeners
 
     def __init__(self, role: str, max_connections: int, max_connections_per_client: int) -> None:
         self.role = role
@@ -122,4 +123,4 @@ class LimitedFactory(Factory):
         if self.tracer is None:
             return None
         # SMTPFactory keeps its SMTPRole in ``role``; the trace wants the name.
-        return self.tracer.connection(self.role, session_id)
+        return self.tracer.connection(self.role, session_id, self.implicit_tls)

@@ -138,6 +138,7 @@ class MailServer(MultiService):
             # One factory per listener kind: its limits and locks span all its endpoints.
             factory = make_factory(implicit_tls)
             factory.tracer = self.tracer
+            factory.implicit_tls = implicit_tls
             if implicit_tls:
                 # RFC 8314: the TLS handshake comes first, then the protocol.
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 import time
 from collections import deque
@@ -86,6 +87,16 @@ def format_event(event: TraceEvent, width: int = 60) -> str:
 def _show(data: bytes) -> str:
     text = data.decode("utf-8", "backslashreplace")
     return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…"
+
+
+def _first_word(text: str) -> tuple[str, str]:
+    """The first word and the rest, split at any run of white space.
+
+    Looser than any of our parsers on purpose: a line a server might still read as
+    AUTH, PASS or LOGIN is masked as one (a leading blank, a tab, two spaces).
+    """
+    words = text.split(None, 1)
+    return (words[0] if words else ""), (words[1] if len(words) > 1 else "")
 
 
 def describe_sasl(response: bytes) -> str:
@@ -201,6 +212,7 @@ class ConnectionTrace:
         self.tracer = tracer
         self.role = role
         self.session = session
+        self.implicit_tls = False  # a 465/993/995 listener: TLS before the first line
         self.client = LineSplitter()
         self.server = LineSplitter()
 
@@ -210,6 +222,9 @@ class ConnectionTrace:
     def opened(self, peer: str, port: int | None) -> None:
         where = f" on port {port}" if port is not None else ""
         self.emit(NOTE, f"connection from {peer}{where}", "", self.opened_note())
+        if self.implicit_tls:
+            # RFC 8314 §3: the handshake comes first, so every line below is encrypted.
+            self.emit(NOTE, "TLS from the first byte (implicit TLS)", "RFC 8314 §3")
 
     def opened_note(self) -> str:
         return ""
@@ -324,14 +339,14 @@ class SMTPTrace(ConnectionTrace):
             self.emit(CLIENT, describe_sasl(line), "RFC 4954 §4", "SASL response")
             return
         text = _show(line)
-        verb, _, argument = text.partition(" ")
+        verb, argument = _first_word(text)
         verb = verb.upper()
         self.pending.append(verb)
         rfc, note = SMTP_COMMANDS.get(verb, ("", "not an SMTP command"))
         if verb == "AUTH":
             # RFC 4954 §4: the server reads SASL responses until it replies to AUTH.
             self.sasl = True
-            mechanism, _, initial = argument.partition(" ")
+            mechanism, initial = _first_word(argument)
             if initial:
                 text = f"AUTH {mechanism} {describe_sasl(initial.encode())}"
         self.emit(CLIENT, text, rfc, note)
@@ -429,6 +444,7 @@ IMAP_UNTAGGED = {
     "FETCH": ("RFC 3501 §7.4.2", ""),
     "NAMESPACE": ("RFC 2342 §5", ""),
     "ID": ("RFC 2971 §3.2", ""),
+    "ENABLED": ("RFC 5161 §3.2", ""),
 }
 IMAP_TAGGED = {
     "OK": "tagged OK: the command with this tag is done",
@@ -457,6 +473,7 @@ class IMAPTrace(ConnectionTrace):
         self.idle_tag: str | None = None
         self.server_literal_left = 0
         self.server_literal = bytearray()
+        self.greeted = False
 
     def opened_note(self) -> str:
         return "IMAP: pull; the mail stays on the server, the client reads and marks it"
@@ -513,7 +530,7 @@ class IMAPTrace(ConnectionTrace):
                 self._client_literal_done()
 
     def _command_line(self, line: bytes) -> None:
-        parts = line.split(b" ", 2)
+        parts = line.split(None, 2) or [b""]  # loosely, as _first_word: every LOGIN masked
         self.tag = parts[0].decode("utf-8", "replace")
         self.command = parts[1].decode("utf-8", "replace").upper() if len(parts) > 1 else ""
         self.arguments = 0
@@ -524,11 +541,11 @@ class IMAPTrace(ConnectionTrace):
         elif self.command == "AUTHENTICATE":
             # RFC 3501 §6.2.2: client lines are SASL responses until the tagged reply.
             self.sasl_tag = self.tag
-            mechanism, _, initial = rest.partition(b" ")
-            if initial:
+            words = rest.split(None, 1)
+            if len(words) > 1:
                 # RFC 4959: SASL-IR, the first response on the command line.
-                shown = b" ".join(parts[:2]) + b" " + mechanism + b" "
-                shown += describe_sasl(initial).encode()
+                shown = b" ".join(parts[:2]) + b" " + words[0] + b" "
+                shown += describe_sasl(words[1].strip()).encode()
         elif self.command == "IDLE":
             self.idle_tag = self.tag
         rfc, note = IMAP_COMMANDS.get(self.command, ("", "not an IMAP4rev1 command"))
@@ -583,6 +600,11 @@ class IMAPTrace(ConnectionTrace):
             rfc, note = IMAP_UNTAGGED.get(key.upper(), ("", ""))
             if key.upper() == "EXISTS" and self.idle_tag is not None:
                 note = "pushed during IDLE: a new message arrived"
+            elif not self.greeted:
+                # RFC 3501 §7.1: the greeting is an untagged OK, PREAUTH or BYE.
+                note = {"OK": "greeting: log in next", "PREAUTH": "greeting: logged in"}.get(
+                    key.upper(), "greeting: the server refuses this connection"
+                )
         elif words[0] == "+":
             rfc, note = "RFC 3501 §7.5", "continuation: go on"
             if self.sasl_tag is not None:
@@ -592,6 +614,7 @@ class IMAPTrace(ConnectionTrace):
         elif len(words) > 1 and words[0] == self.tag:
             rfc, note = "RFC 3501 §7.1", IMAP_TAGGED.get(words[1].upper(), "")
             self._completed()
+        self.greeted = True
         self.emit(SERVER, text, rfc, note)
         match = _LITERAL.search(line)
         if match is not None and int(match.group(1)):
@@ -646,7 +669,7 @@ class POP3Trace(ConnectionTrace):
             self.emit(CLIENT, describe_sasl(line), "RFC 5034 §4", "SASL response")
             return
         text = _show(line)
-        verb, _, argument = text.partition(" ")
+        verb, argument = _first_word(text)
         verb = verb.upper()
         # RFC 1939 §3 and RFC 2449 §5: which replies are multi-line.
         multi = verb in ("RETR", "TOP", "CAPA") or (
@@ -656,10 +679,10 @@ class POP3Trace(ConnectionTrace):
         if verb == "PASS":
             text = f"PASS {MASK}"
         elif verb == "APOP":
-            text = f"APOP {argument.partition(' ')[0]} {MASK}"
+            text = f"APOP {_first_word(argument)[0]} {MASK}"
         elif verb == "AUTH" and argument:
             self.sasl = True
-            mechanism, _, initial = argument.partition(" ")
+            mechanism, initial = _first_word(argument)
             text = f"AUTH {mechanism}" + (f" {describe_sasl(initial.encode())}" if initial else "")
         rfc, note = POP3_COMMANDS.get(verb, ("", "not a POP3 command"))
         self.emit(CLIENT, text, rfc, note)
@@ -745,8 +768,10 @@ class Tracer(Service):
         self._buffer: list[str] = []
         self._flush_call: Any = None
 
-    def connection(self, role: str, session: str) -> ConnectionTrace:
-        return PROTOCOL_TRACES[role](self, role, session)
+    def connection(self, role: str, session: str, implicit_tls: bool = False) -> ConnectionTrace:
+        trace = PROTOCOL_TRACES[role](self, role, session)
+        trace.implicit_tls = implicit_tls
+        return trace
 
     def emit(
         self, role: str, session: str, direction: str, line: str, rfc: str = "", note: str = ""
@@ -762,7 +787,7 @@ class Tracer(Service):
     def startService(self) -> None:
         super().startService()
         if self.path is not None:
-            self._file = open(self.path, "w", encoding="utf-8")
+            self._file = open(self.path, "w", encoding="utf-8", opener=_private)
             self.sinks.append(self._write)
 
     def stopService(self) -> None:
@@ -788,6 +813,13 @@ class Tracer(Service):
             self._file.write("".join(self._buffer))
             self._file.flush()
         self._buffer.clear()
+
+
+def _private(path: str, flags: int) -> int:
+    """Open for the server's user only: the trace names users and shows their mail."""
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # also when an older trace file was left readable
+    return fd
 
 
 def follow_file(

@@ -115,9 +115,12 @@ def free_ports(count: int) -> list[int]:
 class ServerProcess:
     """The real ``twistd -n mailserver`` in a subprocess (for crash tests)."""
 
-    def __init__(self, directory: str, ports: dict[str, int], extra: str = "") -> None:
+    def __init__(
+        self, directory: str, ports: dict[str, int], extra: str = "", flags: tuple[str, ...] = ()
+    ) -> None:
         self.directory = directory
         self.ports = ports
+        self.flags = flags  # more options of ``twistd mailserver`` (``--trace``)
         self.config = write_config(directory, ports, extra)
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -132,6 +135,7 @@ class ServerProcess:
                 "mailserver",
                 "--config",
                 self.config,
+                *self.flags,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

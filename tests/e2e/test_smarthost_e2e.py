@@ -5,6 +5,7 @@ instance of our own server."""
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 
@@ -13,6 +14,7 @@ from twisted.trial import unittest
 
 from mailserver.config import load
 from mailserver.service import MailServer
+from mailserver.trace import TraceEvent, format_event
 from tests.e2e.harness import ALICE, BOB, PASSWORD, write_config
 
 MESSAGE = (
@@ -23,8 +25,10 @@ MESSAGE = (
 class Smarthost(unittest.TestCase):
     timeout = 60
 
-    async def start(self, directory: str, domain: str, extra: str = "") -> MailServer:
-        config = load(write_config(directory, extra=extra, domain=domain))
+    async def start(
+        self, directory: str, domain: str, extra: str = "", trace: bool = False
+    ) -> MailServer:
+        config = load(write_config(directory, extra=extra, domain=domain, trace=trace))
         server = MailServer(config)
         server.startService()
         self.addCleanup(server.stopService)
@@ -48,7 +52,11 @@ class Smarthost(unittest.TestCase):
                 f'tls_ca_file = "{provider_dir}/run/tls/ca.pem"\n'
                 "min_backoff = 0.5\nscan_interval = 0.2\n"
             ),
+            trace=True,
         )
+        assert office.tracer is not None
+        events: list[TraceEvent] = []
+        office.tracer.sinks.append(events.append)
         await office.queue.started
         await office.queue.enqueue(ALICE, [BOB], [MESSAGE])
         inbox = os.path.join(provider_dir, "run", "Maildir", "example.test", "bob", "new")
@@ -62,3 +70,8 @@ class Smarthost(unittest.TestCase):
         self.assertTrue(stored.endswith(MESSAGE))
         # The provider saw TLS and AUTH (RFC 3848 "ESMTPSA").
         self.assertIn(b"with ESMTPSA", stored)
+        # Trace mode shows the office's queue logging in as OUT, the password masked.
+        outbound = [format_event(e) + e.to_json() for e in events if e.role == "OUT"]
+        self.assertTrue(any(f"AUTH PLAIN *** (PLAIN authcid {ALICE}" in x for x in outbound))
+        for secret in (PASSWORD, base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode()).decode()):
+            self.assertFalse([x for x in outbound if secret in x])

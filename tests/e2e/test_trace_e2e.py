@@ -10,12 +10,16 @@ import poplib
 import re
 import smtplib
 import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 from twisted.internet import threads
 from twisted.logger import globalLogPublisher
 
 from mailserver.trace import TRACE_FILE, TraceEvent
-from tests.e2e.harness import ALICE, BOB, PASSWORD, ServerTestCase
+from tests.e2e.harness import ALICE, BOB, PASSWORD, ServerProcess, ServerTestCase, free_ports
 
 GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "trace_golden.txt")
 PLAIN = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode()).decode()
@@ -110,6 +114,21 @@ class TraceTestCase(ServerTestCase):
 
 class GoldenTranscript(TraceTestCase):
     def script(self) -> None:
+        mta = Wire(self.ports["smtp"])  # another server delivers to our MTA: no login
+        mta.until(SMTP_DONE)
+        for command in (
+            "EHLO mx.remote.test\r\n",
+            "MAIL FROM:<carol@remote.test>\r\n",
+            f"RCPT TO:<{ALICE}>\r\n",
+            "RCPT TO:<nobody@elsewhere.test>\r\n",
+            "DATA\r\n",
+            "Subject: hi\r\n\r\nfrom carol\r\n.\r\n",
+            "QUIT\r\n",
+        ):
+            mta.send(command)
+            mta.until(SMTP_DONE)
+        mta.closed_by_server()
+
         smtp = Wire(self.ports["submission"])
         smtp.until(SMTP_DONE)
         for command in (
@@ -182,6 +201,15 @@ class PasswordsNeverTraced(TraceTestCase):
             code, _ = smtp.docmd("AUTH", "PLAIN")
             assert code == 334
             assert smtp.docmd(PLAIN)[0] == 235
+        wire = Wire(port["submission"])  # AUTH LOGIN with the user name as initial response
+        wire.until(SMTP_DONE)
+        wire.send("EHLO client.example.test\r\n")
+        wire.until(SMTP_DONE)
+        wire.send(f"AUTH LOGIN {base64.b64encode(ALICE.encode()).decode()}\r\n")
+        assert wire.until(SMTP_DONE)[-1].startswith(b"334 ")
+        wire.send(f"{base64.b64encode(PASSWORD.encode()).decode()}\r\n")
+        assert wire.until(SMTP_DONE)[-1].startswith(b"235 ")
+        wire.close()
 
         imap = imaplib.IMAP4("127.0.0.1", port["imap"], timeout=30)
         imap.login(ALICE, PASSWORD)  # an atom
@@ -199,7 +227,11 @@ class PasswordsNeverTraced(TraceTestCase):
         wire.until(imap_done("l1"))
         wire.send(f"{PASSWORD}\r\n")
         assert wire.until(imap_done("l1"))[-1].startswith(b"l1 OK")
-        wire.send(f"l2 LOGOUT\r\nl3 LOGIN {ALICE} {{{len(PASSWORD)}+}}\r\n{PASSWORD}\r\n")
+        wire.close()
+        wire = Wire(port["imap"])
+        wire.until(re.compile(rb"^\* OK"))
+        wire.send(f"l3 LOGIN {ALICE} {{{len(PASSWORD)}+}}\r\n{PASSWORD}\r\n")  # LITERAL+
+        assert wire.until(imap_done("l3"))[-1].startswith(b"l3 OK")
         wire.close()
         imap = imaplib.IMAP4("127.0.0.1", port["imap"], timeout=30)
         imap.authenticate("PLAIN", lambda _: f"\0{ALICE}\0{PASSWORD}".encode())
@@ -240,3 +272,53 @@ class PasswordsNeverTraced(TraceTestCase):
         assert len(logged) == len(events)
         for secret in SECRETS:
             assert secret not in output
+
+
+def follower(config: str, *flags: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "mailserver.cli", "trace", "--config", config, *flags]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_sessions(process: subprocess.Popen[str], count: int) -> list[str]:
+    """What a follower prints until ``count`` connections have closed."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    while sum("connection closed" in line for line in lines) < count:
+        line = process.stdout.readline()
+        assert line, f"the follower ended; it printed {lines!r}"
+        lines.append(line)
+    return lines
+
+
+def test_twistd_trace_flag_followed_from_other_processes(tmp_path: Path) -> None:
+    """``twistd -n mailserver --trace`` (trace off in the file) and ``mailserver trace``
+    in two other processes, human and --json, each started before the server."""
+    (submission,) = free_ports(1)
+    server = ServerProcess(str(tmp_path), {"submission": submission}, flags=("--trace",))
+    followers = [follower(server.config, "--from-start", *f) for f in ((), ("--json",))]
+    # Should the trace never come, the followers are ended and the test fails, not hangs.
+    watchdog = threading.Timer(60, lambda: [p.terminate() for p in followers])
+    watchdog.start()
+    try:
+        for process in followers:  # both are up, and wait, before the server starts
+            assert process.stderr is not None
+            said = [process.stderr.readline(), process.stderr.readline()]
+            assert "trace is off in" in said[0] and "waiting for" in said[1], said
+        server.start()
+        with smtplib.SMTP("127.0.0.1", submission, timeout=30) as smtp:
+            smtp.login(ALICE, PASSWORD)
+        # Two sessions: ServerProcess.start's probe of the port, then the login.
+        shown, raw = (read_sessions(p, 2) for p in followers)
+    finally:
+        watchdog.cancel()
+        server.stop()
+        for process in followers:  # by their PIDs: the followers this test started
+            process.terminate()
+            process.wait()
+    events = [TraceEvent.from_json(line) for line in raw]
+    assert {e.role for e in events} == {"MSA"} and len(shown) == len(events) > 10
+    auth = [line for line in shown if " C: AUTH PLAIN " in line]
+    assert len(auth) == 1 and "[RFC 4954 §4: log in with SASL]" in auth[0]
+    assert re.match(r"^\d\d:\d\d:\d\d\.\d{3} MSA  [0-9a-f]{12} \*: connection from", shown[0])
+    for secret in SECRETS:
+        assert not [x for x in shown + raw if secret in x]

@@ -295,9 +295,13 @@ def test_file_is_written_on_a_timer_and_followed(tmp_path: object) -> None:
     path = os.path.join(str(tmp_path), "trace.jsonl")
     clock = MemoryReactorClock()
     tracer = Tracer(path=path, reactor=clock, to_log=False)
+    with open(path, "w") as f:
+        f.write("an older trace\n")
+    os.chmod(path, 0o644)
     tracer.startService()
+    assert os.stat(path).st_mode & 0o777 == 0o600  # it shows users' mail
     tracer.emit("MDA", "s1", "*", "delivered")
-    assert os.path.getsize(path) == 0  # buffered: the reactor never waits on the disk
+    assert os.path.getsize(path) == 0  # emptied, and buffered: the reactor never waits
     clock.advance(1)
     out: list[str] = []
     follow_file(path, out.append, raw=True, from_start=True, keep_following=False)
@@ -315,3 +319,62 @@ def test_trace_bodies_is_checked(tmp_path: object) -> None:
         f.write('[server]\ntrace = true\ntrace_bodies = "all"\n[listeners]\nsmtp = "tcp:0"\n')
     with pytest.raises(ConfigError, match=r"\[server\] trace_bodies: expected summary or full"):
         load(path)
+
+
+def test_implicit_tls_connections_say_so_before_the_first_line() -> None:
+    events: list[TraceEvent] = []
+    tracer = Tracer(clock=lambda: 0.0, to_log=False)
+    tracer.sinks.append(events.append)
+    tracer.connection("POP3", "s1", implicit_tls=True).opened("127.0.0.1", 995)
+    tracer.connection("POP3", "s2").opened("127.0.0.1", 110)
+    assert [(e.session, e.line, e.rfc) for e in events if e.dir == "*"] == [
+        ("s1", "connection from 127.0.0.1 on port 995", ""),
+        ("s1", "TLS from the first byte (implicit TLS)", "RFC 8314 §3"),
+        ("s2", "connection from 127.0.0.1 on port 110", ""),
+    ]
+
+
+def test_odd_white_space_never_unmasks_a_secret() -> None:
+    """A leading blank, a tab or two spaces: the trace splits more loosely than servers."""
+    smtp, smtp_events = traced("MSA")
+    run(
+        smtp,
+        [
+            (CLIENT, f" AUTH PLAIN {PLAIN}\r\n".encode()),
+            (SERVER, b"500 5.5.2 Syntax error\r\n"),
+            (CLIENT, f"AUTH\tPLAIN\t{PLAIN}\r\n".encode()),
+            (SERVER, b"501 5.5.4 Syntax error\r\n"),
+        ],
+    )
+    assert_masked(smtp_events)
+    imap, imap_events = traced("IMAP")
+    run(
+        imap,
+        [
+            (CLIENT, f"a1  LOGIN alice {PASSWORD.split()[0]}\r\n".encode()),
+            (SERVER, b"a1 BAD Syntax error\r\n"),
+            (CLIENT, f" a2 LOGIN\talice\t{PASSWORD.split()[0]}\r\n".encode()),
+            (SERVER, b"a2 BAD Syntax error\r\n"),
+            (CLIENT, f"a3 AUTHENTICATE PLAIN\t{PLAIN}\r\n".encode()),
+            (SERVER, b"a3 BAD Syntax error\r\n"),
+            (CLIENT, b"\r\na4 AUTHENTICATE\r\n"),
+            (SERVER, b"* BAD Empty command\r\na4 BAD Syntax error\r\n"),
+        ],
+    )
+    assert_masked(imap_events)
+    pop, pop_events = traced("POP3")
+    run(
+        pop,
+        [
+            (CLIENT, f" PASS {PASSWORD}\r\npass\t{PASSWORD}\r\n".encode()),
+            (SERVER, b"-ERR unknown command\r\n-ERR unknown command\r\n"),
+            (CLIENT, f"AUTH PLAIN\t{PLAIN}\r\n".encode()),
+            (SERVER, b"-ERR [AUTH] invalid user name or password\r\n"),
+        ],
+    )
+    assert_masked(pop_events)
+    assert lines(pop_events, CLIENT) == [
+        f"PASS {MASK}",
+        f"PASS {MASK}",
+        f"AUTH PLAIN {MASK} (PLAIN authcid {USER}, password masked)",
+    ]
