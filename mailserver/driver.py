@@ -121,22 +121,43 @@ class SessionProtocol(Protocol, TimeoutMixin):
         self._flow_control()
 
     def _run(self, effect: Effect) -> None:
+        """Run an effect. A result that is there at once (a message read ahead, a lookup
+        in memory) resumes the session here, and the pump's loop goes on: resuming from
+        the callback would nest one pump in another for each such effect in a row, and
+        a long FETCH would run out of stack."""
         self._pending = True
         d = defer.maybeDeferred(self.run_effect, effect)
-        d.addBoth(self._effect_done)
+        at_once: list[Any] = []
+        waiting = False
+
+        def done(result: Any) -> None:
+            if waiting:
+                self._effect_done(result)
+            else:
+                at_once.append(result)
+
+        d.addBoth(done)
+        if at_once:
+            self._resume(at_once[0])
+        else:
+            waiting = True
 
     def _effect_done(self, result: Any) -> None:
+        if self._resume(result):
+            self._pump()
+
+    def _resume(self, result: Any) -> bool:
+        """Hand an effect's result to the session; whether the connection goes on."""
         self._pending = False
         if self._closing:
-            return None
+            return False
         try:
             self.session.resume(result)
         except Exception:
             self.log.failure("session failed; closing its connection")
             self._close()
-            return None
-        self._pump()
-        return None
+            return False
+        return True
 
     def _flow_control(self) -> None:
         if self._closing:

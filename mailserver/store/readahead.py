@@ -19,7 +19,7 @@ from twisted.internet import defer
 
 from mailserver.store.maildir import Folder, read_message_file
 
-READ_AHEAD_MESSAGES = 64
+READ_AHEAD_MESSAGES = 256
 READ_AHEAD_BYTES = 1 << 20  # beyond this, one message a thread job as before
 
 

@@ -93,3 +93,25 @@ def test_quit_closes_after_the_reply() -> None:
     proto.dataReceived(b"QUIT\r\nNOOP\r\n")
     assert transport.value() == b"221 2.0.0 mx.test closing connection\r\n"
     assert transport.disconnecting
+
+
+def test_effects_answered_at_once_do_not_nest() -> None:
+    """Thousands of effects whose results are there at once (checks answered from
+    memory, messages read ahead) run in the pump's loop, not one inside the other."""
+    checked: list[object] = []
+
+    def run(effect: object) -> Reply:
+        checked.append(effect)
+        if isinstance(effect, CheckSender):
+            return Reply(250, "2.1.0", "OK")
+        return Reply(250, "2.1.5", "OK")
+
+    session = SMTPSession("mx.test", "127.0.0.1", "s1", SMTPLimits(), "postmaster@example.test")
+    proto = SessionProtocol(session, run, None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    count = 3000  # far past Python's recursion limit if each resume nested a pump
+    proto.dataReceived(b"EHLO c.test\r\n" + b"MAIL FROM:<>\r\nRSET\r\n" * count)
+    assert len(checked) == count
+    assert transport.value().count(b"250 2.1.0 OK\r\n") == count
+    assert transport.connected
