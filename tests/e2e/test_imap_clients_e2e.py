@@ -276,3 +276,36 @@ class MuttReadsFolders(ServerTestCase):
         stored = os.listdir(os.path.join(self.maildir(ALICE, ".Archive"), "cur"))
         self.assertEqual(len(stored), 1)
         self.assertTrue(stored[0].endswith(":2,S"))
+
+
+class ConfiguredLimits(ServerTestCase):
+    extra_config = "[imap]\nmax_sessions_per_user = 2\nmax_literal = 1024\n"
+
+    async def test_imap_section_limits_reach_the_sessions(self) -> None:
+        await self.start_server()
+
+        def scenario() -> None:
+            first, second = self.login(), self.login()
+            try:
+                third = imaplib.IMAP4("127.0.0.1", self.ports["imap"])
+                with self.assertRaisesRegex(imaplib.IMAP4.error, r"\[LIMIT\]"):
+                    third.login(ALICE, PASSWORD)
+                third.shutdown()
+                # RFC 7888 §4: a synchronizing literal above max_literal is refused
+                # before the message is sent.
+                typ, data = first.append("INBOX", None, None, b"x" * 1025)
+                self.assertEqual(typ, "NO")
+                self.assertIn(b"[TOOBIG]", data[0])
+                self.assertEqual(first.append("INBOX", None, None, b"x" * 1000)[0], "OK")
+            finally:
+                first.logout()
+                second.logout()
+            # A session that ended no longer counts.
+            self.login().logout()
+
+        await threads.deferToThread(scenario)
+
+    def login(self) -> imaplib.IMAP4:
+        m = imaplib.IMAP4("127.0.0.1", self.ports["imap"])
+        m.login(ALICE, PASSWORD)
+        return m
