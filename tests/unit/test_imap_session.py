@@ -33,6 +33,7 @@ from mailserver.imap.session import (
 )
 from mailserver.session import Authenticate, Close, Effect, Send, StartTLS
 from mailserver.store.maildir import MaildirStore, read_message_file
+from tests.unit.test_imap_parser import commands, more_commands
 
 HOST = "imap.example.test"
 ALICE = "alice@example.test"
@@ -1265,5 +1266,31 @@ def test_random_input_never_breaks_the_session(pieces: list[bytes], chunk: int) 
             first = response.split(b" ", 1)[0]
             assert first in (b"*", b"+") or (first and first in data), response
             assert b"SERVERBUG" not in response
+    finally:
+        mail.cleanup()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(commands(), more_commands()))
+def test_every_generated_command_gets_its_tagged_reply(case: tuple[list[bytes], Any]) -> None:
+    """Any well-formed command, in a session with a mailbox selected and another session
+    changing it, ends in its own tagged reply and never in a server error."""
+    pieces, command = case
+    mail = Mail()
+    try:
+        for data in (MSG1, MSG2, MSG3):
+            mail.add(data)
+        client = selected(mail)
+        other = selected(mail)
+        other.send(b"s STORE 1 +FLAGS.SILENT (\\Deleted)\r\nx EXPUNGE\r\n")
+        # Line pieces end with CRLF; literal pieces (odd positions) go as they are.
+        data = b"".join(p if i % 2 else p + b"\r\n" for i, p in enumerate(pieces))
+        out = client.send(data)
+        if command.name == "IDLE":
+            out += client.send(b"DONE\r\n")
+        tagged = [r for r in responses(out) if r.startswith(command.tag.encode() + b" ")]
+        assert len(tagged) == 1, out
+        assert tagged[0].split(b" ")[1] in (b"OK", b"NO", b"BAD"), out
+        assert b"SERVERBUG" not in out
     finally:
         mail.cleanup()
