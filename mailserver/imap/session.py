@@ -610,6 +610,14 @@ class IMAPSession:
             return False
         return True
 
+    def _valid_new_name(self, tag: str, name: str) -> bool:
+        """A name a folder may be created with: valid, and without the LIST wildcards
+        (RFC 3501 §6.3.8: such a folder could not be listed by its own name)."""
+        if "*" in name or "%" in name:
+            self._tagged(tag, "NO", "[CANNOT] Mailbox names cannot contain * or %")
+            return False
+        return self._valid_name(tag, name)
+
     def _cmd_SELECT(self, c: p.Command) -> None:
         self._select(c, readonly=False)
 
@@ -708,7 +716,7 @@ class IMAPSession:
         if name.upper() == "INBOX":
             self._tagged(c.tag, "NO", "[ALREADYEXISTS] INBOX always exists")
             return
-        if not self._valid_name(c.tag, name):
+        if not self._valid_new_name(c.tag, name):
             return
         try:
             self.store.create_folder(self.user, name)
@@ -737,7 +745,7 @@ class IMAPSession:
     def _cmd_RENAME(self, c: p.Command) -> Job | None:
         assert isinstance(c.args, p.Rename) and self.user is not None
         old, new = c.args.old, c.args.new
-        if not (self._valid_name(c.tag, old) and self._valid_name(c.tag, new)):
+        if not (self._valid_name(c.tag, old) and self._valid_new_name(c.tag, new)):
             return None
         if new == "INBOX":
             self._tagged(c.tag, "NO", "[ALREADYEXISTS] INBOX always exists")

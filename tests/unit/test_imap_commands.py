@@ -88,6 +88,15 @@ def test_invalid_names_never_reach_a_path(mail: Mail, name: bytes) -> None:
     assert sorted(os.listdir(mail.inbox_path)) == before
 
 
+@pytest.mark.parametrize("name", [b'"a*b"', b'"Lists.%"', b'"*"'])
+def test_wildcards_are_refused_in_new_names(mail: Mail, name: bytes) -> None:
+    client = Client(mail).login()
+    refused = b"NO [CANNOT] Mailbox names cannot contain * or %\r\n"
+    assert client.send(b"c CREATE " + name + b"\r\n") == b"c " + refused
+    assert client.send(b"r RENAME Sent " + name + b"\r\n") == b"r " + refused
+    assert names(client.send(b'l LIST "" *\r\n')).count("Sent") == 1
+
+
 def test_modified_utf7_names(mail: Mail) -> None:
     client = Client(mail).login()
     # "Entwürfe" in modified UTF-7 (RFC 3501 §5.1.3) is kept as such on disk (as Dovecot).

@@ -808,6 +808,7 @@ def test_expunge_by_another_session(mail3: Mail) -> None:
     assert a.send(b"s STORE 3 +FLAGS (\\Seen)\r\n") == (
         b"* 3 FETCH (FLAGS (\\Seen \\Recent))\r\ns OK STORE completed\r\n"
     )
+    assert a.send(b"s SEARCH 1:3\r\n") == b"* SEARCH 1 3\r\ns OK SEARCH completed\r\n"
     assert a.send(b"n NOOP\r\n") == b"* 2 EXPUNGE\r\nn OK NOOP completed\r\n"
     assert fetch(a, b"2 UID") == b"* 2 FETCH (UID 3)\r\nf OK FETCH completed\r\n"
     # B hears of A's \Seen at its next chance.
@@ -822,6 +823,11 @@ def test_expunge_by_another_session_reported_at_uid_fetch(mail3: Mail) -> None:
         b"* 3 FETCH (UID 3)\r\n* 1 EXPUNGE\r\nu OK FETCH completed\r\n"
     )
     assert a.send(b"c CHECK\r\n") == b"c OK CHECK completed\r\n"
+    # A UID SEARCH may report them too (RFC 3501 §7.4.1), with the numbers after them.
+    b.send(b"s STORE 1 +FLAGS.SILENT (\\Deleted)\r\nx EXPUNGE\r\n")
+    assert a.send(b"u UID SEARCH ALL\r\n") == (
+        b"* SEARCH 3\r\n* 1 EXPUNGE\r\nu OK SEARCH completed\r\n"
+    )
 
 
 def test_expunge_by_another_session_reported_at_own_expunge(mail3: Mail) -> None:
