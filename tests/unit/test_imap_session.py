@@ -19,9 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from mailserver.driver import SessionProtocol
 from mailserver.imap.session import (
     AppendMessage,
     CopyMessages,
@@ -671,6 +673,42 @@ def test_fetch_many_messages_pauses(mail: Mail) -> None:
 
 
 # STORE (RFC 3501 §6.4.6) -----------------------------------------------------------------
+class SmallBufferTransport(StringTransport):
+    """A transport whose write buffer is full after any write, until it is drained."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.producer.pauseProducing()
+
+    def drain(self) -> bytes:
+        out = self.value()
+        self.clear()
+        self.producer.resumeProducing()
+        return out
+
+
+def test_a_slow_reader_holds_a_long_fetch_back(mail: Mail) -> None:
+    """Memory stays bounded: while the transport cannot take more, the FETCH produces no
+    further responses (mailserver.driver is the transport's producer)."""
+    for i in range(3):
+        mail.add(b"Subject: %d\r\n\r\nbody\r\n" % i)
+    client = selected(mail)
+    transport = SmallBufferTransport()
+    proto = SessionProtocol(client.session, client._effect, None)
+    proto.makeConnection(transport)
+    proto.dataReceived(b"f FETCH 1:* (BODY.PEEK[])\r\nn NOOP\r\n")
+    parts = []
+    while out := transport.drain():
+        parts.append(out)
+    assert parts == [
+        b"* 1 FETCH (BODY[] {20}\r\nSubject: 0\r\n\r\nbody\r\n)\r\n",
+        b"* 2 FETCH (BODY[] {20}\r\nSubject: 1\r\n\r\nbody\r\n)\r\n",
+        b"* 3 FETCH (BODY[] {20}\r\nSubject: 2\r\n\r\nbody\r\n)\r\n",
+        b"f OK FETCH completed\r\n",
+        b"n OK NOOP completed\r\n",
+    ]
+
+
 def test_store_variants(mail3: Mail) -> None:
     client = selected(mail3)
     assert client.send(b"s STORE 1 +FLAGS (\\Flagged \\Seen)\r\n") == (
