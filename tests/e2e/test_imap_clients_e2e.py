@@ -81,6 +81,12 @@ class IMAPClients(ServerTestCase):
                 (uid,) = c.search(["SUBJECT", "Grüße"], charset="UTF-8")
                 self.assertEqual(c.search(["BODY", "quarterly", "KEYWORD", "$Work"]), [uid])
                 self.assertEqual(c.search(["NOT", "SEEN"]), [uid])
+                # More RFC 3501 §6.4.4 keys: OR, sizes, dates, HEADER, TEXT, sets, UID.
+                self.assertEqual(c.search(["OR", "LARGER", "100000", "SMALLER", "2000"]), [uid])
+                self.assertEqual(c.search(["SENTON", "1-Jan-2024", "SINCE", "1-Jan-2020"]), [uid])
+                self.assertEqual(c.search(["HEADER", "Message-ID", "<e2e-1@example.test>"]), [uid])
+                self.assertEqual(c.search(["TEXT", "html", "1:*", "UID", str(uid)]), [uid])
+                self.assertEqual(c.search(["BEFORE", "1-Jan-2020"]), [])
                 fetched = c.fetch([uid], ["BODY.PEEK[]", "BODYSTRUCTURE", "BODY.PEEK[2.2.MIME]"])
                 self.assertEqual(fetched[uid][b"BODY[]"], MESSAGE)
                 self.assertEqual(
@@ -144,11 +150,45 @@ class IMAPClients(ServerTestCase):
                 self.assertRegex(data[0], rb"MESSAGES 1 UIDNEXT 2 HIGHESTMODSEQ \d+")
                 typ, data = m.create("../escape")
                 self.assertEqual(typ, "NO")
+                # RFC 3501 §6.3.5: renaming INBOX moves its messages and leaves it empty.
+                m.append("INBOX", None, None, MESSAGE)
+                self.assertEqual(m.rename("INBOX", "Old-Inbox")[0], "OK")
+                typ, data = m.status("Old-Inbox", "(MESSAGES)")
+                self.assertIn(b"MESSAGES 1", data[0])
+                self.assertIn(b"MESSAGES 0", m.status("INBOX", "(MESSAGES)")[1][0])
                 m.logout()
             finally:
                 m.shutdown() if m.state != "LOGOUT" else None
 
         await threads.deferToThread(scenario)
+
+    async def test_idle_session_hears_flags_and_expunges_of_another(self) -> None:
+        await self.start_server()
+
+        def scenario() -> tuple[list, list]:
+            with self.client() as c, self.client() as idler:
+                c.append("INBOX", MESSAGE)
+                c.append("INBOX", b"Subject: two\r\n\r\ntwo\r\n")
+                idler.select_folder("INBOX")
+                c.select_folder("INBOX")
+                idler.idle()
+                c.add_flags([1], [b"\\Flagged"])
+                flagged = idler.idle_check(timeout=10)
+                c.delete_messages([1])
+                c.expunge()
+                expunged: list = []
+                while (1, b"EXPUNGE") not in expunged:  # the \Deleted FETCH comes first
+                    more = idler.idle_check(timeout=10)
+                    self.assertTrue(more, expunged)
+                    expunged += more
+                idler.idle_done()
+                return flagged, expunged
+
+        flagged, expunged = await threads.deferToThread(scenario)
+        # The idler selected INBOX first, so \Recent is its own (RFC 3501 §2.3.2).
+        flags = (b"\\Flagged", b"\\Recent")
+        self.assertEqual(flagged, [(1, b"FETCH", (b"UID", 1, b"FLAGS", flags))])
+        self.assertIn((1, b"EXPUNGE"), expunged)
 
     async def test_curl_fetches_by_uid(self) -> None:
         curl = tool("curl")
