@@ -648,9 +648,9 @@ class IMAPSession:
                 break
         self._send(f"* OK [UIDVALIDITY {folder.uidvalidity}] UIDs valid\r\n".encode())
         self._send(f"* OK [UIDNEXT {folder.uidnext}] Predicted next UID\r\n".encode())
-        if self.condstore:
-            # RFC 7162 §3.1.2.1
-            self._send(f"* OK [HIGHESTMODSEQ {folder.highest_modseq}] Highest\r\n".encode())
+        # RFC 7162 §3.1.2.1: with every successful SELECT or EXAMINE (mod-sequences are
+        # persistent here), whether or not the client has enabled CONDSTORE yet.
+        self._send(f"* OK [HIGHESTMODSEQ {folder.highest_modseq}] Highest\r\n".encode())
         mode = "READ-ONLY" if readonly else "READ-WRITE"
         self._tagged(c.tag, "OK", f"[{mode}] {c.name} completed")
 

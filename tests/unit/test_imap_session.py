@@ -402,15 +402,19 @@ def test_authenticate_unknown_mechanism(mail: Mail) -> None:
 def test_select_responses(mail3: Mail) -> None:
     client = Client(mail3).login()
     v = mail3.uidvalidity
-    assert client.send(b"s SELECT INBOX\r\n") == (
-        b"* FLAGS (" + FLAGS + b")\r\n"
-        b"* OK [PERMANENTFLAGS (" + FLAGS + b" \\*)] Flags permitted\r\n"
-        b"* 3 EXISTS\r\n"
-        b"* 3 RECENT\r\n"
-        b"* OK [UNSEEN 1] First unseen\r\n"
-        b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
-        b"* OK [UIDNEXT 4] Predicted next UID\r\n"
-        b"s OK [READ-WRITE] SELECT completed\r\n" % v
+    assert (
+        client.send(b"s SELECT INBOX\r\n")
+        == (
+            b"* FLAGS (" + FLAGS + b")\r\n"
+            b"* OK [PERMANENTFLAGS (" + FLAGS + b" \\*)] Flags permitted\r\n"
+            b"* 3 EXISTS\r\n"
+            b"* 3 RECENT\r\n"
+            b"* OK [UNSEEN 1] First unseen\r\n"
+            b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
+            b"* OK [UIDNEXT 4] Predicted next UID\r\n"
+            b"* OK [HIGHESTMODSEQ 4] Highest\r\n"  # RFC 7162 §3.1.2.1: even before ENABLE
+            b"s OK [READ-WRITE] SELECT completed\r\n" % v
+        )
     )
     # The messages are no longer recent for the next session.
     other = Client(mail3).login()
@@ -446,6 +450,7 @@ def test_select_empty_mailbox(mail: Mail) -> None:
         b"* 0 RECENT\r\n"
         b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
         b"* OK [UIDNEXT 1] Predicted next UID\r\n"
+        b"* OK [HIGHESTMODSEQ 1] Highest\r\n"
         b"s OK [READ-WRITE] SELECT completed\r\n" % mail.uidvalidity
     )
     assert client.send(b"f FETCH 1:* FLAGS\r\n") == b"f OK FETCH completed\r\n"
@@ -456,7 +461,8 @@ def test_select_other_folder_and_missing(mail: Mail) -> None:
     client = Client(mail).login()
     out = client.send(b"s SELECT Sent\r\n")
     assert out.endswith(
-        b"* OK [UIDNEXT 1] Predicted next UID\r\ns OK [READ-WRITE] SELECT completed\r\n"
+        b"* OK [UIDNEXT 1] Predicted next UID\r\n* OK [HIGHESTMODSEQ 1] Highest\r\n"
+        b"s OK [READ-WRITE] SELECT completed\r\n"
     )
     assert client.send(b"t SELECT Nope\r\n") == b"t NO [NONEXISTENT] No such mailbox\r\n"
     # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected.
@@ -489,6 +495,7 @@ def test_examine_is_read_only(mail3: Mail) -> None:
         b"* OK [UNSEEN 1] First unseen\r\n"
         b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
         b"* OK [UIDNEXT 4] Predicted next UID\r\n"
+        b"* OK [HIGHESTMODSEQ 4] Highest\r\n"
         b"e OK [READ-ONLY] EXAMINE completed\r\n" % v
     )
     assert client.send(b"s STORE 1 +FLAGS (\\Seen)\r\n") == (
