@@ -257,12 +257,20 @@ class MbsyncSyncs(ServerTestCase):
         with open(self._only_file(os.path.join(local, "INBOX")), "rb") as f:
             local_copy = re.sub(rb"X-TUID: \S+\n", b"", f.read())  # mbsync's own header
         self.assertEqual(local_copy, MESSAGE.replace(b"\r\n", b"\n"))  # and LF line ends
-        # A message written on the local side goes up with APPEND.
+        # A message written on the local side goes up with APPEND; a flag set on each
+        # side reaches the other.
         drafts_new = os.path.join(local, "Drafts", "new")
         with open(os.path.join(drafts_new, "1700000000.local.host"), "wb") as f:
             f.write(b"Subject: local draft\r\n\r\ndraft\r\n")
+        synced = self._only_file(os.path.join(local, "INBOX"))
+        base = os.path.basename(synced).split(":2,")[0]
+        os.rename(synced, os.path.join(local, "INBOX", "cur", base + ":2,S"))
+        await threads.deferToThread(self._flag_remotely)
         output = await threads.deferToThread(run)
         self.assertEqual(len(re.findall(r"APPEND \"?Drafts", output)), 1, output)
+        self.assertTrue(self._only_file(os.path.join(local, "INBOX")).endswith(":2,FS"))
+        (remote_inbox,) = os.listdir(os.path.join(self.maildir(ALICE), "cur"))
+        self.assertTrue(remote_inbox.endswith(":2,FS"), remote_inbox)
         remote = os.listdir(os.path.join(self.maildir(ALICE, ".Drafts"), "new")) + os.listdir(
             os.path.join(self.maildir(ALICE, ".Drafts"), "cur")
         )
@@ -273,6 +281,12 @@ class MbsyncSyncs(ServerTestCase):
         commands = " ".join(re.findall(r">>> \d+ (.*)", output))
         for command in ("APPEND", "BODY.PEEK[]", "STORE", "EXPUNGE", "CREATE"):
             self.assertNotIn(command, commands)
+
+    def _flag_remotely(self) -> None:
+        with IMAPClient("127.0.0.1", port=self.ports["imap"], ssl=False, timeout=30) as c:
+            c.login(ALICE, PASSWORD)
+            c.select_folder("INBOX")
+            c.add_flags(c.search(["ALL"]), [b"\\Flagged"])
 
     @staticmethod
     def _only_file(maildir: str) -> str:
