@@ -9,7 +9,11 @@ import re
 from collections.abc import Iterator
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from mailserver.imap.protocol import KEEPALIVE_INTERVAL, IMAPFactory
 from mailserver.imap.session import IMAPLimits, UserSessions
 from mailserver.store import uidlist
 from mailserver.store.maildir import MaildirStore
@@ -493,3 +497,43 @@ def test_keepalive_only_while_idle(mail3: Mail) -> None:
     assert client.woken == woken + 1
     assert client.run() == b"* OK Still here\r\n"
     assert client.send(b"DONE\r\n") == b"i OK IDLE terminated\r\n"
+
+
+class AnyPassword:
+    """A LoginService stand-in: "secret" is Alice's password."""
+
+    def login(self, username: str, password: str, role: str, peer: str) -> Deferred[str | None]:
+        return succeed(ALICE if password == "secret" else None)
+
+
+def test_autologout_after_30_minutes_and_keepalives_in_idle(mail3: Mail) -> None:
+    """RFC 3501 §5.4: the autologout timer is the configured 30 minutes; meanwhile a
+    client in IDLE hears a keep-alive every KEEPALIVE_INTERVAL (RFC 2177 §3)."""
+    clock = MemoryReactorClock()
+    factory = IMAPFactory(
+        mail3.store,
+        AnyPassword(),  # type: ignore[arg-type]
+        IMAPLimits(),
+        1800.0,
+        "imap.test",
+        clock,
+        allow_plaintext_on_loopback=True,
+        sessions=UserSessions(),
+    )
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    proto.callLater = clock.callLater  # type: ignore[attr-defined]
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(b"a LOGIN alice secret\r\ns SELECT INBOX\r\ni IDLE\r\n")
+    assert transport.value().endswith(b"+ idling\r\n")
+    transport.clear()
+    clock.advance(KEEPALIVE_INTERVAL)
+    assert transport.value() == b"* OK Still here\r\n"
+    while clock.seconds() + KEEPALIVE_INTERVAL < 1800:
+        clock.advance(KEEPALIVE_INTERVAL)
+    clock.advance(1799 - clock.seconds())
+    assert transport.value().count(b"* OK Still here\r\n") == 1799 // KEEPALIVE_INTERVAL
+    assert not transport.disconnecting
+    clock.advance(1)  # 1800 seconds after the client last spoke
+    assert transport.value().endswith(b"* BYE Autologout; idle for too long\r\n")
+    assert transport.disconnecting
