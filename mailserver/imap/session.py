@@ -684,22 +684,32 @@ class IMAPSession:
             return
         existing = self.store.list_folders(self.user)
         exists = set(existing)
+        matcher = _pattern(reference + pattern)
+        placeholders: set[str] = set()
         if subscribed_only:
             subscribed = self.store.subscriptions(self.user)
             names = ["INBOX", *(n for n in subscribed if n != "INBOX")]
+            # RFC 3501 §6.3.9: where "%" stops above a subscribed name, the level it
+            # stops at is listed as \Noselect if it is not subscribed itself.
+            for name in list(names):
+                if matcher(name):
+                    continue
+                for level in _ancestors(name):
+                    if level not in names and level not in placeholders and matcher(level):
+                        placeholders.add(level)
+                        names.append(level)
         else:
             # RFC 3501 §6.3.8: a level with children but no folder of its own is listed
             # (as \Noselect), so that "%" can walk the hierarchy.
             names = sorted(set(existing) | {a for n in existing for a in _ancestors(n)})
             names.remove("INBOX")
             names.insert(0, "INBOX")
-        matcher = _pattern(reference + pattern)
         response = "LSUB" if subscribed_only else "LIST"
         for name in names:
             if not matcher(name):
                 continue
             attributes = []
-            if name not in exists:
+            if name not in exists or name in placeholders:
                 attributes.append("\\Noselect")
             has_children = any(other.startswith(name + DELIMITER) for other in existing)
             attributes.append("\\HasChildren" if has_children else "\\HasNoChildren")

@@ -159,6 +159,25 @@ def test_delete_selected_by_another_session(mail: Mail) -> None:
 
 
 # SUBSCRIBE, UNSUBSCRIBE, LSUB ----------------------------------------------------------
+def test_lsub_percent_shows_the_unsubscribed_level_above(mail: Mail) -> None:
+    client = Client(mail).login()
+    client.send(b"c CREATE Lists.dev.x\r\ns SUBSCRIBE Lists.dev.x\r\n")
+    # RFC 3501 §6.3.9: "%" stops at Lists, which is not subscribed: \Noselect.
+    assert client.send(b'l LSUB "" L%\r\n') == (
+        b'* LSUB (\\Noselect \\HasChildren) "." "Lists"\r\nl OK LSUB completed\r\n'
+    )
+    assert client.send(b'l LSUB "Lists." %\r\n') == (
+        b'* LSUB (\\Noselect \\HasChildren) "." "Lists.dev"\r\nl OK LSUB completed\r\n'
+    )
+    assert client.send(b'l LSUB "" L*\r\n') == (
+        b'* LSUB (\\HasNoChildren) "." "Lists.dev.x"\r\nl OK LSUB completed\r\n'
+    )
+    client.send(b"s SUBSCRIBE Lists\r\n")
+    assert client.send(b'l LSUB "" L%\r\n') == (
+        b'* LSUB (\\HasChildren) "." "Lists"\r\nl OK LSUB completed\r\n'
+    )
+
+
 def test_subscribe_and_unsubscribe(mail: Mail) -> None:
     client = Client(mail).login()
     client.send(b"c CREATE Lists\r\n")
