@@ -110,13 +110,18 @@ class SMTPConfig:
 
 @dataclass(frozen=True)
 class IMAPConfig:
+    # RFC 7162 §4: a command line (literals aside) of at least 8192 octets is accepted.
     max_line: int = 8192
+    # The octets of one command's literals (an APPEND's message); RFC 7888 §4: a bigger
+    # {n} gets NO before the client sends it, a bigger {n+} closes with BYE.
     max_literal: int = 64 * 1024 * 1024
     # RFC 3501 §5.4: an autologout timer must be at least 30 minutes.
     idle_timeout: float = 1800.0
     max_errors: int = 20
     max_connections: int = 1000
     max_connections_per_client: int = 20
+    # Logged-in sessions of one user at once, over all IMAP listeners (NO [LIMIT] beyond).
+    max_sessions_per_user: int = 20
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,7 @@ _POSITIVE = {
     "max_literal",
     "max_connections",
     "max_connections_per_client",
+    "max_sessions_per_user",
     "max_failures",
     "failure_window",
     "mx_port",
@@ -312,6 +318,7 @@ def _coerce(hint: Any, value: Any) -> Any:
 
 def _check(config: Config) -> None:
     path = config.path
+    _check_imap(path, config.imap)
     for domain in config.domains.local:
         try:
             check_domain(domain)
@@ -334,6 +341,23 @@ def _check(config: Config) -> None:
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         raise ConfigError(f"{path}: [tls]: cert_file and key_file go together")
     _check_queue(path, config.queue)
+
+
+# RFC 7162 §4 and RFC 3501 §5.4: the least an IMAP server may allow.
+IMAP_MIN_LINE = 8192
+IMAP_MIN_IDLE_TIMEOUT = 30 * 60.0
+
+
+def _check_imap(path: str, imap: IMAPConfig) -> None:
+    if imap.max_line < IMAP_MIN_LINE:
+        # RFC 7162 §4: servers accept command lines of at least 8192 octets.
+        raise ConfigError(f"{path}: [imap] max_line: must be at least {IMAP_MIN_LINE} (RFC 7162)")
+    if imap.idle_timeout < IMAP_MIN_IDLE_TIMEOUT:
+        # RFC 3501 §5.4: the autologout timer is at least 30 minutes.
+        raise ConfigError(
+            f"{path}: [imap] idle_timeout: must be at least {IMAP_MIN_IDLE_TIMEOUT:.0f} "
+            "seconds (RFC 3501 §5.4)"
+        )
 
 
 def _check_queue(path: str, queue: QueueConfig) -> None:

@@ -4,6 +4,10 @@ It owns what a state machine must not: the transport, TLS, the idle timer, and t
 pause while an effect (a password check, a durable delivery) is pending. Because the
 session is asked for its next action only after the previous effect finished, pipelined
 commands are answered strictly in order.
+
+It is also the transport's streaming producer: while the transport says its write buffer
+is full (a client reading a large FETCH slowly), the session is not asked for more, so a
+long reply waits in the session instead of piling up in memory.
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.interfaces import IPushProducer, ITLSTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailserver.session import Close, Effect, Send, Session, StartTLS
 
@@ -29,6 +34,7 @@ EffectRunner = Callable[[Effect], Any]
 PAUSE_ABOVE = 1 << 20
 
 
+@implementer(IPushProducer)
 class SessionProtocol(Protocol, TimeoutMixin):
     """Drive one session over one connection."""
 
@@ -53,10 +59,12 @@ class SessionProtocol(Protocol, TimeoutMixin):
         self._pending = False
         self._paused = False
         self._closing = False
+        self._writes_blocked = False  # the transport's write buffer is full
 
     # Twisted callbacks -------------------------------------------------------------
     def connectionMade(self) -> None:
         self.setTimeout(self.idle_timeout)
+        self.transport.registerProducer(self, True)
         if self.trace is not None:
             peer, host = self.transport.getPeer(), self.transport.getHost()
             self.trace.opened(str(getattr(peer, "host", peer)), getattr(host, "port", None))
@@ -94,6 +102,18 @@ class SessionProtocol(Protocol, TimeoutMixin):
         self.transport.write(reply)
         self._close()
 
+    # IPushProducer: the transport's view of our output ---------------------------------
+    def pauseProducing(self) -> None:
+        self._writes_blocked = True
+
+    def resumeProducing(self) -> None:
+        if self._writes_blocked:
+            self._writes_blocked = False
+            self._pump()
+
+    def stopProducing(self) -> None:
+        self._writes_blocked = True
+
     # The pump -----------------------------------------------------------------------
     def _pump(self) -> None:
         try:
@@ -104,7 +124,7 @@ class SessionProtocol(Protocol, TimeoutMixin):
             self._close()
 
     def _pump_actions(self) -> None:
-        while not self._pending and not self._closing:
+        while not self._pending and not self._closing and not self._writes_blocked:
             action = self.session.next_action()
             if action is None:
                 break
@@ -162,7 +182,8 @@ class SessionProtocol(Protocol, TimeoutMixin):
     def _flow_control(self) -> None:
         if self._closing:
             return
-        busy = self._pending and self.session.buffered() > PAUSE_ABOVE
+        # Nor from one that keeps sending while it does not read what we send.
+        busy = (self._pending or self._writes_blocked) and self.session.buffered() > PAUSE_ABOVE
         if busy and not self._paused:
             self._paused = True
             self.transport.pauseProducing()

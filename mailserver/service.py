@@ -156,7 +156,10 @@ class MailServer(MultiService):
     def _imap_factory(self, implicit_tls: bool) -> Factory:
         imap = self.config.imap
         limits = IMAPLimits(
-            max_line=imap.max_line, max_literal=imap.max_literal, max_errors=imap.max_errors
+            max_line=imap.max_line,
+            max_literal=imap.max_literal,
+            max_errors=imap.max_errors,
+            max_sessions_per_user=imap.max_sessions_per_user,
         )
         return IMAPFactory(
             self.store,

@@ -613,6 +613,14 @@ class IMAPSession:
             return False
         return True
 
+    def _valid_new_name(self, tag: str, name: str) -> bool:
+        """A name a folder may be created with: valid, and without the LIST wildcards
+        (RFC 3501 §6.3.8: such a folder could not be listed by its own name)."""
+        if "*" in name or "%" in name:
+            self._tagged(tag, "NO", "[CANNOT] Mailbox names cannot contain * or %")
+            return False
+        return self._valid_name(tag, name)
+
     def _cmd_SELECT(self, c: p.Command) -> None:
         self._select(c, readonly=False)
 
@@ -641,9 +649,9 @@ class IMAPSession:
                 break
         self._send(f"* OK [UIDVALIDITY {folder.uidvalidity}] UIDs valid\r\n".encode())
         self._send(f"* OK [UIDNEXT {folder.uidnext}] Predicted next UID\r\n".encode())
-        if self.condstore:
-            # RFC 7162 §3.1.2.1
-            self._send(f"* OK [HIGHESTMODSEQ {folder.highest_modseq}] Highest\r\n".encode())
+        # RFC 7162 §3.1.2.1: with every successful SELECT or EXAMINE (mod-sequences are
+        # persistent here), whether or not the client has enabled CONDSTORE yet.
+        self._send(f"* OK [HIGHESTMODSEQ {folder.highest_modseq}] Highest\r\n".encode())
         mode = "READ-ONLY" if readonly else "READ-WRITE"
         self._tagged(c.tag, "OK", f"[{mode}] {c.name} completed")
 
@@ -677,22 +685,32 @@ class IMAPSession:
             return
         existing = self.store.list_folders(self.user)
         exists = set(existing)
+        matcher = _pattern(reference + pattern)
+        placeholders: set[str] = set()
         if subscribed_only:
             subscribed = self.store.subscriptions(self.user)
             names = ["INBOX", *(n for n in subscribed if n != "INBOX")]
+            # RFC 3501 §6.3.9: where "%" stops above a subscribed name, the level it
+            # stops at is listed as \Noselect if it is not subscribed itself.
+            for name in list(names):
+                if matcher(name):
+                    continue
+                for level in _ancestors(name):
+                    if level not in names and level not in placeholders and matcher(level):
+                        placeholders.add(level)
+                        names.append(level)
         else:
             # RFC 3501 §6.3.8: a level with children but no folder of its own is listed
             # (as \Noselect), so that "%" can walk the hierarchy.
             names = sorted(set(existing) | {a for n in existing for a in _ancestors(n)})
             names.remove("INBOX")
             names.insert(0, "INBOX")
-        matcher = _pattern(reference + pattern)
         response = "LSUB" if subscribed_only else "LIST"
         for name in names:
             if not matcher(name):
                 continue
             attributes = []
-            if name not in exists:
+            if name not in exists or name in placeholders:
                 attributes.append("\\Noselect")
             has_children = any(other.startswith(name + DELIMITER) for other in existing)
             attributes.append("\\HasChildren" if has_children else "\\HasNoChildren")
@@ -709,7 +727,7 @@ class IMAPSession:
         if name.upper() == "INBOX":
             self._tagged(c.tag, "NO", "[ALREADYEXISTS] INBOX always exists")
             return
-        if not self._valid_name(c.tag, name):
+        if not self._valid_new_name(c.tag, name):
             return
         try:
             self.store.create_folder(self.user, name)
@@ -738,7 +756,7 @@ class IMAPSession:
     def _cmd_RENAME(self, c: p.Command) -> Job | None:
         assert isinstance(c.args, p.Rename) and self.user is not None
         old, new = c.args.old, c.args.new
-        if not (self._valid_name(c.tag, old) and self._valid_name(c.tag, new)):
+        if not (self._valid_name(c.tag, old) and self._valid_new_name(c.tag, new)):
             return None
         if new == "INBOX":
             self._tagged(c.tag, "NO", "[ALREADYEXISTS] INBOX always exists")

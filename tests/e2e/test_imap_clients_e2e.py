@@ -81,6 +81,12 @@ class IMAPClients(ServerTestCase):
                 (uid,) = c.search(["SUBJECT", "Grüße"], charset="UTF-8")
                 self.assertEqual(c.search(["BODY", "quarterly", "KEYWORD", "$Work"]), [uid])
                 self.assertEqual(c.search(["NOT", "SEEN"]), [uid])
+                # More RFC 3501 §6.4.4 keys: OR, sizes, dates, HEADER, TEXT, sets, UID.
+                self.assertEqual(c.search(["OR", "LARGER", "100000", "SMALLER", "2000"]), [uid])
+                self.assertEqual(c.search(["SENTON", "1-Jan-2024", "SINCE", "1-Jan-2020"]), [uid])
+                self.assertEqual(c.search(["HEADER", "Message-ID", "<e2e-1@example.test>"]), [uid])
+                self.assertEqual(c.search(["TEXT", "html", "1:*", "UID", str(uid)]), [uid])
+                self.assertEqual(c.search(["BEFORE", "1-Jan-2020"]), [])
                 fetched = c.fetch([uid], ["BODY.PEEK[]", "BODYSTRUCTURE", "BODY.PEEK[2.2.MIME]"])
                 self.assertEqual(fetched[uid][b"BODY[]"], MESSAGE)
                 self.assertEqual(
@@ -144,11 +150,45 @@ class IMAPClients(ServerTestCase):
                 self.assertRegex(data[0], rb"MESSAGES 1 UIDNEXT 2 HIGHESTMODSEQ \d+")
                 typ, data = m.create("../escape")
                 self.assertEqual(typ, "NO")
+                # RFC 3501 §6.3.5: renaming INBOX moves its messages and leaves it empty.
+                m.append("INBOX", None, None, MESSAGE)
+                self.assertEqual(m.rename("INBOX", "Old-Inbox")[0], "OK")
+                typ, data = m.status("Old-Inbox", "(MESSAGES)")
+                self.assertIn(b"MESSAGES 1", data[0])
+                self.assertIn(b"MESSAGES 0", m.status("INBOX", "(MESSAGES)")[1][0])
                 m.logout()
             finally:
                 m.shutdown() if m.state != "LOGOUT" else None
 
         await threads.deferToThread(scenario)
+
+    async def test_idle_session_hears_flags_and_expunges_of_another(self) -> None:
+        await self.start_server()
+
+        def scenario() -> tuple[list, list]:
+            with self.client() as c, self.client() as idler:
+                c.append("INBOX", MESSAGE)
+                c.append("INBOX", b"Subject: two\r\n\r\ntwo\r\n")
+                idler.select_folder("INBOX")
+                c.select_folder("INBOX")
+                idler.idle()
+                c.add_flags([1], [b"\\Flagged"])
+                flagged = idler.idle_check(timeout=10)
+                c.delete_messages([1])
+                c.expunge()
+                expunged: list = []
+                while (1, b"EXPUNGE") not in expunged:  # the \Deleted FETCH comes first
+                    more = idler.idle_check(timeout=10)
+                    self.assertTrue(more, expunged)
+                    expunged += more
+                idler.idle_done()
+                return flagged, expunged
+
+        flagged, expunged = await threads.deferToThread(scenario)
+        # The idler selected INBOX first, so \Recent is its own (RFC 3501 §2.3.2).
+        flags = (b"\\Flagged", b"\\Recent")
+        self.assertEqual(flagged, [(1, b"FETCH", (b"UID", 1, b"FLAGS", flags))])
+        self.assertIn((1, b"EXPUNGE"), expunged)
 
     async def test_curl_fetches_by_uid(self) -> None:
         curl = tool("curl")
@@ -217,12 +257,20 @@ class MbsyncSyncs(ServerTestCase):
         with open(self._only_file(os.path.join(local, "INBOX")), "rb") as f:
             local_copy = re.sub(rb"X-TUID: \S+\n", b"", f.read())  # mbsync's own header
         self.assertEqual(local_copy, MESSAGE.replace(b"\r\n", b"\n"))  # and LF line ends
-        # A message written on the local side goes up with APPEND.
+        # A message written on the local side goes up with APPEND; a flag set on each
+        # side reaches the other.
         drafts_new = os.path.join(local, "Drafts", "new")
         with open(os.path.join(drafts_new, "1700000000.local.host"), "wb") as f:
             f.write(b"Subject: local draft\r\n\r\ndraft\r\n")
+        synced = self._only_file(os.path.join(local, "INBOX"))
+        base = os.path.basename(synced).split(":2,")[0]
+        os.rename(synced, os.path.join(local, "INBOX", "cur", base + ":2,S"))
+        await threads.deferToThread(self._flag_remotely)
         output = await threads.deferToThread(run)
         self.assertEqual(len(re.findall(r"APPEND \"?Drafts", output)), 1, output)
+        self.assertTrue(self._only_file(os.path.join(local, "INBOX")).endswith(":2,FS"))
+        (remote_inbox,) = os.listdir(os.path.join(self.maildir(ALICE), "cur"))
+        self.assertTrue(remote_inbox.endswith(":2,FS"), remote_inbox)
         remote = os.listdir(os.path.join(self.maildir(ALICE, ".Drafts"), "new")) + os.listdir(
             os.path.join(self.maildir(ALICE, ".Drafts"), "cur")
         )
@@ -233,6 +281,12 @@ class MbsyncSyncs(ServerTestCase):
         commands = " ".join(re.findall(r">>> \d+ (.*)", output))
         for command in ("APPEND", "BODY.PEEK[]", "STORE", "EXPUNGE", "CREATE"):
             self.assertNotIn(command, commands)
+
+    def _flag_remotely(self) -> None:
+        with IMAPClient("127.0.0.1", port=self.ports["imap"], ssl=False, timeout=30) as c:
+            c.login(ALICE, PASSWORD)
+            c.select_folder("INBOX")
+            c.add_flags(c.search(["ALL"]), [b"\\Flagged"])
 
     @staticmethod
     def _only_file(maildir: str) -> str:
@@ -270,9 +324,47 @@ class MuttReadsFolders(ServerTestCase):
             )
         env = {"HOME": home, "TERM": "xterm", "LANG": "C.UTF-8", "PATH": os.environ["PATH"]}
         screen = await threads.deferToThread(
-            run_in_terminal, [mutt, "-n", "-F", rc], [b"\r", b"q", b"q"], env
+            run_in_terminal,
+            [mutt, "-n", "-F", rc],
+            # The index lists the message; Enter shows it (its first part, decoded); q back
+            # to the index, q quits, which stores \Seen.
+            [(b"from Bob", b"\r"), (b"mutt-visible", b"q"), (b"[Msgs:1", b"q")],
+            env,
         )
-        self.assertIn(b"mutt-visible", screen)
+        self.assertIn(b"1 kept, 0 deleted.", screen)
         stored = os.listdir(os.path.join(self.maildir(ALICE, ".Archive"), "cur"))
         self.assertEqual(len(stored), 1)
         self.assertTrue(stored[0].endswith(":2,S"))
+
+
+class ConfiguredLimits(ServerTestCase):
+    extra_config = "[imap]\nmax_sessions_per_user = 2\nmax_literal = 1024\n"
+
+    async def test_imap_section_limits_reach_the_sessions(self) -> None:
+        await self.start_server()
+
+        def scenario() -> None:
+            first, second = self.login(), self.login()
+            try:
+                third = imaplib.IMAP4("127.0.0.1", self.ports["imap"])
+                with self.assertRaisesRegex(imaplib.IMAP4.error, r"\[LIMIT\]"):
+                    third.login(ALICE, PASSWORD)
+                third.shutdown()
+                # RFC 7888 §4: a synchronizing literal above max_literal is refused
+                # before the message is sent.
+                typ, data = first.append("INBOX", None, None, b"x" * 1025)
+                self.assertEqual(typ, "NO")
+                self.assertIn(b"[TOOBIG]", data[0])
+                self.assertEqual(first.append("INBOX", None, None, b"x" * 1000)[0], "OK")
+            finally:
+                first.logout()
+                second.logout()
+            # A session that ended no longer counts.
+            self.login().logout()
+
+        await threads.deferToThread(scenario)
+
+    def login(self) -> imaplib.IMAP4:
+        m = imaplib.IMAP4("127.0.0.1", self.ports["imap"])
+        m.login(ALICE, PASSWORD)
+        return m

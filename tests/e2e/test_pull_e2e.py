@@ -226,8 +226,16 @@ class PushThenPull(ServerTestCase):
         self.assertTrue(fetched.endswith(rest.replace(b"\r\n", b"\n")), fetched)
 
 
-def run_in_terminal(argv: list[str], keys: list[bytes], env: dict[str, str]) -> bytes:
-    """Run a full-screen program on a pseudo-terminal, type keys, return all it drew."""
+def run_in_terminal(
+    argv: list[str], script: list[tuple[bytes, bytes]], env: dict[str, str]
+) -> bytes:
+    """Run a full-screen program on a pseudo-terminal and return all it drew.
+
+    ``script`` is a list of (text to wait for, keys to type then): each key is typed
+    only once the program has drawn the awaited text since the previous key, like
+    expect(1), so no step depends on timing. After the last keys the program is waited
+    for until it exits. Every wait ends with an AssertionError after 30 seconds.
+    """
     import pty
     import select
     import time
@@ -238,26 +246,35 @@ def run_in_terminal(argv: list[str], keys: list[bytes], env: dict[str, str]) -> 
     screen = bytearray()
     deadline = time.monotonic() + 30
 
-    def read_for(seconds: float) -> None:
-        end = min(time.monotonic() + seconds, deadline)
-        while time.monotonic() < end:
-            ready, _, _ = select.select([fd], [], [], 0.1)
+    def read() -> bool:
+        """Wait for output; False at end of file (the program has exited)."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{argv[0]} stalled; it drew: {bytes(screen)[-2000:]!r}")
+            ready, _, _ = select.select([fd], [], [], left)
             if ready:
                 try:
-                    screen.extend(os.read(fd, 65536))
-                except OSError:
-                    return
+                    data = os.read(fd, 65536)
+                except OSError:  # EIO: the terminal's other side is closed
+                    return False
+                screen.extend(data)
+                return bool(data)
 
+    exited = False
     try:
-        read_for(3)
-        for key in keys:
-            os.write(fd, key)
-            read_for(1.5)
-    finally:
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
+        for awaited, keys in script:
+            start = len(screen)
+            while awaited not in screen[start:]:
+                if not read():
+                    raise AssertionError(f"{argv[0]} exited before drawing {awaited!r}")
+            os.write(fd, keys)
+        while read():
             pass
+        exited = True
+    finally:
+        if not exited:
+            os.kill(pid, 9)
         os.waitpid(pid, 0)
         os.close(fd)
     return bytes(screen)
@@ -291,10 +308,13 @@ class MuttReads(ServerTestCase):
             )
         env = {"HOME": home, "TERM": "xterm", "LANG": "C.UTF-8", "PATH": os.environ["PATH"]}
         screen = await threads.deferToThread(
-            run_in_terminal, [mutt, "-n", "-F", rc], [b"\r", b"q", b"q"], env
+            run_in_terminal,
+            [mutt, "-n", "-F", rc],
+            # The index lists the message; Enter shows it; q back to the index, q quits.
+            [(b"push and pull", b"\r"), (b"mutt can read this", b"q"), (b"[Msgs:1", b"q")],
+            env,
         )
-        self.assertIn(b"push and pull", screen)
-        self.assertIn(b"mutt can read this", screen)
+        self.assertIn(b"1 kept, 0 deleted.", screen)  # mutt ended cleanly
         stored = os.listdir(os.path.join(self.maildir(ALICE), "cur"))
         self.assertEqual(len(stored), 1)
         self.assertTrue(stored[0].endswith(":2,S"))  # mutt's read set \Seen

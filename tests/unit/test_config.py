@@ -41,6 +41,11 @@ def test_embedded_default_loads() -> None:
         ("[domains]\nlocal = ['bad_domain!']\n", "[domains] local: domain not allowed"),
         ("[listeners]\n", "[listeners]: no listener configured"),
         ("server = 1\n", "server: must be a table"),
+        ("[imap]\nmax_sessions_per_user = 0\n", "[imap] max_sessions_per_user: must be greater"),
+        ("[imap]\nmax_sessions_per_user = 1.5\n", "[imap] max_sessions_per_user: expected an"),
+        ("[imap]\nmax_literal = 0\n", "[imap] max_literal: must be greater than 0"),
+        ("[imap]\nmax_line = 1000\n", "[imap] max_line: must be at least 8192 (RFC 7162)"),
+        ("[imap]\nidle_timeout = 600\n", "[imap] idle_timeout: must be at least 1800 seconds"),
         ("[server\n", "not valid TOML"),
     ],
 )
@@ -50,6 +55,18 @@ def test_errors_name_file_and_key(tmp_path, text: str, message: str) -> None:
         load(path)
     assert str(e.value).startswith(path + ": ")
     assert message in str(e.value)
+
+
+def test_imap_limits_are_configurable(tmp_path) -> None:
+    path = write(
+        tmp_path,
+        "[listeners]\nimap = ['tcp:0:interface=127.0.0.1']\n"
+        "[imap]\nmax_sessions_per_user = 3\nmax_line = 16384\nmax_literal = 1048576\n",
+    )
+    imap = load(path).imap
+    assert (imap.max_sessions_per_user, imap.max_line, imap.max_literal) == (3, 16384, 1048576)
+    assert imap.idle_timeout == 1800.0
+    assert load(DEFAULT).imap.max_sessions_per_user == 20
 
 
 def test_missing_file() -> None:

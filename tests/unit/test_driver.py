@@ -87,6 +87,17 @@ def test_reading_pauses_while_a_busy_session_has_much_buffered() -> None:
     assert transport.producerState == "producing"
 
 
+def test_the_session_waits_while_the_transport_cannot_take_more() -> None:
+    proto, transport, _, _ = make()
+    assert transport.producer is proto and transport.streaming
+    transport.clear()
+    proto.pauseProducing()  # what the transport does when its write buffer is full
+    proto.dataReceived(b"NOOP\r\nNOOP\r\n")
+    assert transport.value() == b""
+    proto.resumeProducing()
+    assert transport.value() == b"250 2.0.0 OK\r\n" * 2
+
+
 def test_quit_closes_after_the_reply() -> None:
     proto, transport, _, _ = make()
     transport.clear()

@@ -9,7 +9,11 @@ import re
 from collections.abc import Iterator
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from mailserver.imap.protocol import KEEPALIVE_INTERVAL, IMAPFactory
 from mailserver.imap.session import IMAPLimits, UserSessions
 from mailserver.store import uidlist
 from mailserver.store.maildir import MaildirStore
@@ -88,6 +92,15 @@ def test_invalid_names_never_reach_a_path(mail: Mail, name: bytes) -> None:
     assert sorted(os.listdir(mail.inbox_path)) == before
 
 
+@pytest.mark.parametrize("name", [b'"a*b"', b'"Lists.%"', b'"*"'])
+def test_wildcards_are_refused_in_new_names(mail: Mail, name: bytes) -> None:
+    client = Client(mail).login()
+    refused = b"NO [CANNOT] Mailbox names cannot contain * or %\r\n"
+    assert client.send(b"c CREATE " + name + b"\r\n") == b"c " + refused
+    assert client.send(b"r RENAME Sent " + name + b"\r\n") == b"r " + refused
+    assert names(client.send(b'l LIST "" *\r\n')).count("Sent") == 1
+
+
 def test_modified_utf7_names(mail: Mail) -> None:
     client = Client(mail).login()
     # "Entwürfe" in modified UTF-7 (RFC 3501 §5.1.3) is kept as such on disk (as Dovecot).
@@ -146,6 +159,25 @@ def test_delete_selected_by_another_session(mail: Mail) -> None:
 
 
 # SUBSCRIBE, UNSUBSCRIBE, LSUB ----------------------------------------------------------
+def test_lsub_percent_shows_the_unsubscribed_level_above(mail: Mail) -> None:
+    client = Client(mail).login()
+    client.send(b"c CREATE Lists.dev.x\r\ns SUBSCRIBE Lists.dev.x\r\n")
+    # RFC 3501 §6.3.9: "%" stops at Lists, which is not subscribed: \Noselect.
+    assert client.send(b'l LSUB "" L%\r\n') == (
+        b'* LSUB (\\Noselect \\HasChildren) "." "Lists"\r\nl OK LSUB completed\r\n'
+    )
+    assert client.send(b'l LSUB "Lists." %\r\n') == (
+        b'* LSUB (\\Noselect \\HasChildren) "." "Lists.dev"\r\nl OK LSUB completed\r\n'
+    )
+    assert client.send(b'l LSUB "" L*\r\n') == (
+        b'* LSUB (\\HasNoChildren) "." "Lists.dev.x"\r\nl OK LSUB completed\r\n'
+    )
+    client.send(b"s SUBSCRIBE Lists\r\n")
+    assert client.send(b'l LSUB "" L%\r\n') == (
+        b'* LSUB (\\HasChildren) "." "Lists"\r\nl OK LSUB completed\r\n'
+    )
+
+
 def test_subscribe_and_unsubscribe(mail: Mail) -> None:
     client = Client(mail).login()
     client.send(b"c CREATE Lists\r\n")
@@ -486,3 +518,43 @@ def test_keepalive_only_while_idle(mail3: Mail) -> None:
     assert client.woken == woken + 1
     assert client.run() == b"* OK Still here\r\n"
     assert client.send(b"DONE\r\n") == b"i OK IDLE terminated\r\n"
+
+
+class AnyPassword:
+    """A LoginService stand-in: "secret" is Alice's password."""
+
+    def login(self, username: str, password: str, role: str, peer: str) -> Deferred[str | None]:
+        return succeed(ALICE if password == "secret" else None)
+
+
+def test_autologout_after_30_minutes_and_keepalives_in_idle(mail3: Mail) -> None:
+    """RFC 3501 §5.4: the autologout timer is the configured 30 minutes; meanwhile a
+    client in IDLE hears a keep-alive every KEEPALIVE_INTERVAL (RFC 2177 §3)."""
+    clock = MemoryReactorClock()
+    factory = IMAPFactory(
+        mail3.store,
+        AnyPassword(),  # type: ignore[arg-type]
+        IMAPLimits(),
+        1800.0,
+        "imap.test",
+        clock,
+        allow_plaintext_on_loopback=True,
+        sessions=UserSessions(),
+    )
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    proto.callLater = clock.callLater  # type: ignore[attr-defined]
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(b"a LOGIN alice secret\r\ns SELECT INBOX\r\ni IDLE\r\n")
+    assert transport.value().endswith(b"+ idling\r\n")
+    transport.clear()
+    clock.advance(KEEPALIVE_INTERVAL)
+    assert transport.value() == b"* OK Still here\r\n"
+    while clock.seconds() + KEEPALIVE_INTERVAL < 1800:
+        clock.advance(KEEPALIVE_INTERVAL)
+    clock.advance(1799 - clock.seconds())
+    assert transport.value().count(b"* OK Still here\r\n") == 1799 // KEEPALIVE_INTERVAL
+    assert not transport.disconnecting
+    clock.advance(1)  # 1800 seconds after the client last spoke
+    assert transport.value().endswith(b"* BYE Autologout; idle for too long\r\n")
+    assert transport.disconnecting

@@ -19,9 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from mailserver.driver import SessionProtocol
 from mailserver.imap.session import (
     AppendMessage,
     CopyMessages,
@@ -33,6 +35,7 @@ from mailserver.imap.session import (
 )
 from mailserver.session import Authenticate, Close, Effect, Send, StartTLS
 from mailserver.store.maildir import MaildirStore, read_message_file
+from tests.unit.test_imap_parser import commands, more_commands
 
 HOST = "imap.example.test"
 ALICE = "alice@example.test"
@@ -399,15 +402,19 @@ def test_authenticate_unknown_mechanism(mail: Mail) -> None:
 def test_select_responses(mail3: Mail) -> None:
     client = Client(mail3).login()
     v = mail3.uidvalidity
-    assert client.send(b"s SELECT INBOX\r\n") == (
-        b"* FLAGS (" + FLAGS + b")\r\n"
-        b"* OK [PERMANENTFLAGS (" + FLAGS + b" \\*)] Flags permitted\r\n"
-        b"* 3 EXISTS\r\n"
-        b"* 3 RECENT\r\n"
-        b"* OK [UNSEEN 1] First unseen\r\n"
-        b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
-        b"* OK [UIDNEXT 4] Predicted next UID\r\n"
-        b"s OK [READ-WRITE] SELECT completed\r\n" % v
+    assert (
+        client.send(b"s SELECT INBOX\r\n")
+        == (
+            b"* FLAGS (" + FLAGS + b")\r\n"
+            b"* OK [PERMANENTFLAGS (" + FLAGS + b" \\*)] Flags permitted\r\n"
+            b"* 3 EXISTS\r\n"
+            b"* 3 RECENT\r\n"
+            b"* OK [UNSEEN 1] First unseen\r\n"
+            b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
+            b"* OK [UIDNEXT 4] Predicted next UID\r\n"
+            b"* OK [HIGHESTMODSEQ 4] Highest\r\n"  # RFC 7162 §3.1.2.1: even before ENABLE
+            b"s OK [READ-WRITE] SELECT completed\r\n" % v
+        )
     )
     # The messages are no longer recent for the next session.
     other = Client(mail3).login()
@@ -443,6 +450,7 @@ def test_select_empty_mailbox(mail: Mail) -> None:
         b"* 0 RECENT\r\n"
         b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
         b"* OK [UIDNEXT 1] Predicted next UID\r\n"
+        b"* OK [HIGHESTMODSEQ 1] Highest\r\n"
         b"s OK [READ-WRITE] SELECT completed\r\n" % mail.uidvalidity
     )
     assert client.send(b"f FETCH 1:* FLAGS\r\n") == b"f OK FETCH completed\r\n"
@@ -453,7 +461,8 @@ def test_select_other_folder_and_missing(mail: Mail) -> None:
     client = Client(mail).login()
     out = client.send(b"s SELECT Sent\r\n")
     assert out.endswith(
-        b"* OK [UIDNEXT 1] Predicted next UID\r\ns OK [READ-WRITE] SELECT completed\r\n"
+        b"* OK [UIDNEXT 1] Predicted next UID\r\n* OK [HIGHESTMODSEQ 1] Highest\r\n"
+        b"s OK [READ-WRITE] SELECT completed\r\n"
     )
     assert client.send(b"t SELECT Nope\r\n") == b"t NO [NONEXISTENT] No such mailbox\r\n"
     # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected.
@@ -486,6 +495,7 @@ def test_examine_is_read_only(mail3: Mail) -> None:
         b"* OK [UNSEEN 1] First unseen\r\n"
         b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
         b"* OK [UIDNEXT 4] Predicted next UID\r\n"
+        b"* OK [HIGHESTMODSEQ 4] Highest\r\n"
         b"e OK [READ-ONLY] EXAMINE completed\r\n" % v
     )
     assert client.send(b"s STORE 1 +FLAGS (\\Seen)\r\n") == (
@@ -670,6 +680,42 @@ def test_fetch_many_messages_pauses(mail: Mail) -> None:
 
 
 # STORE (RFC 3501 §6.4.6) -----------------------------------------------------------------
+class SmallBufferTransport(StringTransport):
+    """A transport whose write buffer is full after any write, until it is drained."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.producer.pauseProducing()
+
+    def drain(self) -> bytes:
+        out = self.value()
+        self.clear()
+        self.producer.resumeProducing()
+        return out
+
+
+def test_a_slow_reader_holds_a_long_fetch_back(mail: Mail) -> None:
+    """Memory stays bounded: while the transport cannot take more, the FETCH produces no
+    further responses (mailserver.driver is the transport's producer)."""
+    for i in range(3):
+        mail.add(b"Subject: %d\r\n\r\nbody\r\n" % i)
+    client = selected(mail)
+    transport = SmallBufferTransport()
+    proto = SessionProtocol(client.session, client._effect, None)
+    proto.makeConnection(transport)
+    proto.dataReceived(b"f FETCH 1:* (BODY.PEEK[])\r\nn NOOP\r\n")
+    parts = []
+    while out := transport.drain():
+        parts.append(out)
+    assert parts == [
+        b"* 1 FETCH (BODY[] {20}\r\nSubject: 0\r\n\r\nbody\r\n)\r\n",
+        b"* 2 FETCH (BODY[] {20}\r\nSubject: 1\r\n\r\nbody\r\n)\r\n",
+        b"* 3 FETCH (BODY[] {20}\r\nSubject: 2\r\n\r\nbody\r\n)\r\n",
+        b"f OK FETCH completed\r\n",
+        b"n OK NOOP completed\r\n",
+    ]
+
+
 def test_store_variants(mail3: Mail) -> None:
     client = selected(mail3)
     assert client.send(b"s STORE 1 +FLAGS (\\Flagged \\Seen)\r\n") == (
@@ -810,6 +856,7 @@ def test_expunge_by_another_session(mail3: Mail) -> None:
     assert a.send(b"s STORE 3 +FLAGS (\\Seen)\r\n") == (
         b"* 3 FETCH (FLAGS (\\Seen \\Recent))\r\ns OK STORE completed\r\n"
     )
+    assert a.send(b"s SEARCH 1:3\r\n") == b"* SEARCH 1 3\r\ns OK SEARCH completed\r\n"
     assert a.send(b"n NOOP\r\n") == b"* 2 EXPUNGE\r\nn OK NOOP completed\r\n"
     assert fetch(a, b"2 UID") == b"* 2 FETCH (UID 3)\r\nf OK FETCH completed\r\n"
     # B hears of A's \Seen at its next chance.
@@ -824,6 +871,11 @@ def test_expunge_by_another_session_reported_at_uid_fetch(mail3: Mail) -> None:
         b"* 3 FETCH (UID 3)\r\n* 1 EXPUNGE\r\nu OK FETCH completed\r\n"
     )
     assert a.send(b"c CHECK\r\n") == b"c OK CHECK completed\r\n"
+    # A UID SEARCH may report them too (RFC 3501 §7.4.1), with the numbers after them.
+    b.send(b"s STORE 1 +FLAGS.SILENT (\\Deleted)\r\nx EXPUNGE\r\n")
+    assert a.send(b"u UID SEARCH ALL\r\n") == (
+        b"* SEARCH 3\r\n* 1 EXPUNGE\r\nu OK SEARCH completed\r\n"
+    )
 
 
 def test_expunge_by_another_session_reported_at_own_expunge(mail3: Mail) -> None:
@@ -1268,5 +1320,31 @@ def test_random_input_never_breaks_the_session(pieces: list[bytes], chunk: int) 
             first = response.split(b" ", 1)[0]
             assert first in (b"*", b"+") or (first and first in data), response
             assert b"SERVERBUG" not in response
+    finally:
+        mail.cleanup()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(commands(), more_commands()))
+def test_every_generated_command_gets_its_tagged_reply(case: tuple[list[bytes], Any]) -> None:
+    """Any well-formed command, in a session with a mailbox selected and another session
+    changing it, ends in its own tagged reply and never in a server error."""
+    pieces, command = case
+    mail = Mail()
+    try:
+        for data in (MSG1, MSG2, MSG3):
+            mail.add(data)
+        client = selected(mail)
+        other = selected(mail)
+        other.send(b"s STORE 1 +FLAGS.SILENT (\\Deleted)\r\nx EXPUNGE\r\n")
+        # Line pieces end with CRLF; literal pieces (odd positions) go as they are.
+        data = b"".join(p if i % 2 else p + b"\r\n" for i, p in enumerate(pieces))
+        out = client.send(data)
+        if command.name == "IDLE":
+            out += client.send(b"DONE\r\n")
+        tagged = [r for r in responses(out) if r.startswith(command.tag.encode() + b" ")]
+        assert len(tagged) == 1, out
+        assert tagged[0].split(b" ")[1] in (b"OK", b"NO", b"BAD"), out
+        assert b"SERVERBUG" not in out
     finally:
         mail.cleanup()
