@@ -194,6 +194,9 @@ class ClientSession:
         self._done = False
         self._aborted = False  # no more transaction: only the DATA cleanup and QUIT left
         self._quit_sent = False
+        # Complete replies read so far: the driver restarts its timer only when this
+        # changes, so a server that trickles a byte at a time cannot hold us forever.
+        self.replies = 0
 
     # Session protocol -------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
@@ -205,6 +208,7 @@ class ClientSession:
             reply = self._read_reply()
             if reply is None:
                 break
+            self.replies += 1
             if not self._expect:
                 self._fail_all(Reply(451, "4.5.0", f"unexpected reply: {describe(reply)}"))
                 self._close()
@@ -383,6 +387,15 @@ class ClientSession:
             self._settle_all(Result.PERMANENT, refused)
             self._quit()
             return
+        if message.eight_bit and "8BITMIME" not in self.extensions:
+            # RFC 6152 §3: 8-bit content goes only to a server that announces 8BITMIME;
+            # we do not convert it to 7 bits, so it is returned (RFC 3463 5.6.3).
+            refused = Reply(
+                554, "5.6.3", "8-bit message, and the server does not announce 8BITMIME"
+            )
+            self._settle_all(Result.PERMANENT, refused)
+            self._quit()
+            return
         dsn = "DSN" in self.extensions
         mail = f"MAIL FROM:<{message.mail_from}>"
         if "SIZE" in self.extensions:
@@ -511,6 +524,9 @@ class ClientSession:
 
 
 def _line(command: str) -> bytes:
+    # RFC 5321 §2.3.8: a CR or LF inside a command would start another command.
+    if "\r" in command or "\n" in command:
+        raise ValueError(f"CR or LF in an SMTP command: {command!r}")
     return command.encode("utf-8") + b"\r\n"
 
 

@@ -32,6 +32,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
         self.trace = trace  # the protocol trace: we are the client, the peer the server
         self.done: defer.Deferred[Outcome] = defer.Deferred()
         self._closing = False
+        self._timing = False  # the reply timer has been started
 
     def connectionMade(self) -> None:
         if self.trace is not None:
@@ -60,6 +61,8 @@ class ClientProtocol(Protocol, TimeoutMixin):
         self._pump()
 
     def _pump(self) -> None:
+        replies = self.session.replies
+        sent = False
         while not self._closing:
             action = self.session.next_action()
             if action is None:
@@ -68,6 +71,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
                 if self.trace is not None:
                     self.trace.client_data(action.data)
                 self.transport.write(action.data)
+                sent = True
             elif isinstance(action, StartTLS):
                 # Bytes written from now on go out inside TLS, after the handshake.
                 self.transport.startTLS(self.tls_options)
@@ -78,8 +82,11 @@ class ClientProtocol(Protocol, TimeoutMixin):
                 self._closing = True
                 self.setTimeout(None)
                 self.transport.loseConnection()
-        if not self._closing:
-            # RFC 5321 §4.5.3.2: the timeout depends on the reply we are waiting for.
+        if not self._closing and (sent or replies != self.session.replies or not self._timing):
+            # RFC 5321 §4.5.3.2: the timeout is for a whole reply, and depends on which
+            # reply we wait for; bytes of a reply that is still incomplete do not
+            # restart it (a tarpit trickling a byte at a time would hold us forever).
+            self._timing = True
             self.setTimeout(self.session.timeout())
 
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer, task
+from twisted.logger import formatEvent, globalLogPublisher
 
 from mailserver.queue import dsn
-from mailserver.queue.scheduler import Policy, Scheduler
+from mailserver.queue.scheduler import Policy, Scheduler, format_time
 from mailserver.queue.spool import DELIVERED, FAILED, PENDING, Entry, RecipientState, Spool
 from mailserver.queue.transport import Delivery
 from mailserver.smtp.client import OutboundMessage, Result
@@ -31,6 +32,7 @@ class FakeTransport:
         self.calls: list[tuple[str, tuple[str, ...]]] = []
         self.held: list[defer.Deferred[dict[str, Delivery]]] = []
         self.hold = False
+        self.hold_domains: set[str] = set()
 
     def deliver(
         self, domain: str, message: OutboundMessage, queue_id: str
@@ -38,7 +40,7 @@ class FakeTransport:
         addresses = tuple(r.address for r in message.recipients)
         self.calls.append((domain, addresses))
         result = {a: self.script[a].pop(0) if self.script.get(a) else OK for a in addresses}
-        if self.hold:
+        if self.hold or domain in self.hold_domains:
             d: defer.Deferred[dict[str, Delivery]] = defer.Deferred()
             self.held.append(d)
             return d
@@ -293,3 +295,66 @@ def test_report_full_and_notify_rules() -> None:
     assert dsn.wants(None, dsn.FAILED) and dsn.wants(None, dsn.DELAYED)
     assert not dsn.wants(None, dsn.RELAYED)
     assert dsn.wants(["SUCCESS"], dsn.RELAYED) and not dsn.wants(["NEVER"], dsn.FAILED)
+
+
+def test_a_domain_done_is_saved_while_another_domain_is_slow(h: Harness) -> None:
+    """Exactly once: what one domain settled is on disk before a slow domain answers, so
+    a crash meanwhile does not send it again."""
+    h.transport.hold_domains.add("slow.example")
+    queue_id = h.enqueue("s@example.test", ["a@fast.example", "b@slow.example"])
+    h.clock.advance(0)
+    on_disk = {r.address: r.status for r in h.spool.load(queue_id).recipients}
+    assert on_disk == {"a@fast.example": DELIVERED, "b@slow.example": PENDING}
+    # A restart now (the slow delivery lost with the process) tries only the slow one.
+    h.scheduler.stop()
+    h.transport.hold_domains.clear()
+    h.transport.calls.clear()
+    h.scheduler = h.new()
+    h.start()
+    h.clock.advance(0)
+    assert h.transport.calls == [("slow.example", ("b@slow.example",))]
+    assert h.spool.ids() == []
+
+
+def test_each_attempt_is_logged_with_remote_reply_and_next_try(h: Harness) -> None:
+    lines: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        text = formatEvent(event)
+        if "attempt" in text:
+            lines.append(text)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        h.transport.script["a@example.net"] = [LATER, OK]
+        h.transport.script["b@example.net"] = [NO]
+        queue_id = h.enqueue("s@example.test", ["a@example.net", "b@example.net"])
+        h.clock.advance(0)
+        due = format_time(h.clock.seconds() + 300)
+        h.clock.advance(300)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    via = "via mx.example.net [192.0.2.1]"
+    assert lines == [
+        f"queue {queue_id} to <a@example.net> {via}: 451 4.3.0 later; attempt 1: "
+        f"deferred, next try {due} (in 300s)",
+        f"queue {queue_id} to <b@example.net> {via}: 550 5.1.1 no such user; attempt 1: "
+        "failed, bounced",
+        f"queue {queue_id} to <a@example.net> {via}: 250 2.0.0 ok; attempt 2: delivered",
+    ]
+
+
+def test_enqueue_refuses_envelope_values_that_would_break_a_command(h: Harness) -> None:
+    for rcpts, params in (
+        (["a@example.net\r\nRSET"], {}),
+        (["a@example.net"], {"ENVID": "x y"}),
+    ):
+        with pytest.raises(ValueError):
+            h.enqueue("s@example.test", rcpts, params=params)
+    with pytest.raises(ValueError):
+        h.enqueue(
+            "s@example.test",
+            ["a@example.net"],
+            rcpt_params={"a@example.net": {"ORCPT": "rfc822;a\x00"}},
+        )
+    assert h.spool.ids() == []

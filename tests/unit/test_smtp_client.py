@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import task
+from twisted.internet.testing import StringTransport
 
 from mailserver.session import Close, Send, StartTLS
 from mailserver.smtp.client import (
@@ -19,6 +22,7 @@ from mailserver.smtp.client import (
     TLSPolicy,
     stuff,
 )
+from mailserver.smtp.client_protocol import ClientProtocol
 
 EHLO_PIPE = (
     b"250-mx.example.net\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n"
@@ -299,3 +303,70 @@ def test_dot_stuffer_state_object() -> None:
     assert s.feed(b"") == b""
     assert s.feed(b".") == b".."
     assert s.finish() == b"\r\n.\r\n"
+
+
+# The Twisted driver -------------------------------------------------------------------
+
+
+def driven(timeouts: ClientTimeouts) -> tuple[ClientProtocol, StringTransport, task.Clock]:
+    clock = task.Clock()
+    protocol = ClientProtocol(
+        ClientSession("out.example.test", message(), tls=TLSPolicy.NEVER, timeouts=timeouts),
+        None,
+    )
+    protocol.callLater = clock.callLater  # type: ignore[method-assign]
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport, clock
+
+
+def test_a_trickling_server_does_not_restart_the_reply_timer() -> None:
+    """RFC 5321 §4.5.3.2: the timeout is per reply; a tarpit sending one byte at a time
+    must not keep the connection (and the destination's slot) forever."""
+    protocol, transport, clock = driven(ClientTimeouts(greeting=10, command=20))
+    for byte in b"220 slow":
+        clock.advance(3)
+        protocol.dataReceived(bytes([byte]))
+        if transport.disconnecting:
+            break
+    assert transport.disconnecting
+    assert clock.seconds() == 12  # the greeting timer was never restarted
+    outcome = protocol.session.outcome.recipients["a@example.net"]
+    assert outcome.result is Result.TEMPORARY and outcome.reply.enhanced == "4.4.2"
+
+
+def test_each_complete_reply_restarts_the_timer_for_the_next() -> None:
+    protocol, transport, clock = driven(ClientTimeouts(greeting=10, command=20))
+    clock.advance(9)
+    protocol.dataReceived(b"220 hi\r\n")
+    assert transport.value() == b"EHLO out.example.test\r\n"
+    clock.advance(19)
+    assert not transport.disconnecting
+    protocol.dataReceived(b"250 hi\r\n")
+    clock.advance(19)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting
+
+
+def test_8bit_message_to_a_server_without_8bitmime_is_returned_unsent() -> None:
+    """RFC 6152 §3: no 8-bit data to a server that does not announce 8BITMIME."""
+    c = new(message("Subject: caf\u00e9\r\n\r\n\u00e9\r\n".encode()), tls=TLSPolicy.NEVER)
+    c.feed(b"220 hi\r\n")
+    assert c.feed(b"250-hi\r\n250 PIPELINING\r\n") == b"QUIT\r\n"
+    outcome = c.session.outcome.recipients["a@example.net"]
+    assert outcome.result is Result.PERMANENT and outcome.reply.enhanced == "5.6.3"
+    # A 7-bit message goes to the same server.
+    c = new(tls=TLSPolicy.NEVER)
+    c.feed(b"220 hi\r\n")
+    assert c.feed(b"250-hi\r\n250 PIPELINING\r\n").startswith(b"MAIL FROM:<s@example.test>")
+
+
+def test_no_command_with_cr_or_lf_is_ever_written() -> None:
+    bad = OutboundMessage(
+        "s@example.test", (OutboundRecipient("a@example.net\r\nRSET"),), (b"x\r\n",)
+    )
+    c = new(bad, tls=TLSPolicy.NEVER)
+    c.feed(b"220 hi\r\n")
+    with pytest.raises(ValueError):
+        c.feed(EHLO_PLAIN + b"250 ok\r\n")
