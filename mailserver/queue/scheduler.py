@@ -41,9 +41,7 @@ _UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 
 def format_time(seconds: float) -> str:
     """A time for the log: UTC, to the second."""
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime(
-        "%Y-%m-%d %H:%M:%SZ"
-    )
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 class Transport(Protocol):

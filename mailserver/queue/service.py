@@ -128,9 +128,13 @@ class QueueService(Service):
         self.reactor = reactor
         self.spool = Spool(spool_dir(config))
         queue = config.queue
+        self.resolver: MXResolver | None = None
         if transport is None:
-            resolver = MXResolver(queue.nameservers, queue.dns_timeout)
-            transport = SMTPTransport(reactor, transport_settings(config), resolver, tracer)
+            # One lookup at a time per delivery at most: as many threads as deliveries.
+            self.resolver = MXResolver(
+                queue.nameservers, queue.dns_timeout, queue.max_deliveries, reactor
+            )
+            transport = SMTPTransport(reactor, transport_settings(config), self.resolver, tracer)
         policy = Policy(
             hostname=config.server.hostname,
             local_domains=tuple(d.lower() for d in config.domains.local),
@@ -165,6 +169,8 @@ class QueueService(Service):
         super().stopService()
         self.scheduler.stop()
         self.spool.unlock()
+        if self.resolver is not None:
+            self.resolver.stop()
 
     def enqueue(
         self,

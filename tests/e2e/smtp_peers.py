@@ -66,6 +66,35 @@ class _Silent(Protocol):
     """Accepts the connection and never says a word (a tarpit)."""
 
 
+class _HangUp(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
+class Tarpit(Factory):
+    """Silent connections the test can count and, at its end, close (and from then on,
+    hang up on each new one)."""
+
+    def __init__(self) -> None:
+        self.connections: list[Protocol] = []
+        self.hanging_up = False
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        protocol = _HangUp() if self.hanging_up else _Silent()
+        protocol.factory = self
+        self.connections.append(protocol)
+        return protocol
+
+    def open(self) -> int:
+        return sum(1 for p in self.connections if p.connected)
+
+    def close_all(self) -> None:
+        self.hanging_up = True
+        for protocol in self.connections:
+            if protocol.connected:
+                protocol.transport.loseConnection()
+
+
 def listen_peer(reactor: Any, host: str, port: int, peer: Peer | None) -> IListeningPort:
     """An SMTP peer on host:port; ``peer`` None is a silent tarpit."""
     if peer is None:
