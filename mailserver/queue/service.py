@@ -8,7 +8,9 @@ to the server's MultiService, and hand messages for remote recipients to
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +22,7 @@ from twisted.logger import Logger
 from mailserver.config import Config, ConfigError
 from mailserver.queue.mx import MXResolver
 from mailserver.queue.scheduler import LocalDeliver, Policy, Scheduler, Transport
-from mailserver.queue.spool import Spool
+from mailserver.queue.spool import WAKE_SIGNAL, Spool
 from mailserver.queue.transport import SMTPTransport, TransportSettings
 from mailserver.smtp.client import ClientTimeouts, TLSPolicy
 from mailserver.trace import Tracer
@@ -150,6 +152,8 @@ class QueueService(Service):
             self.spool, transport, policy, local_deliver, reactor, self._blocking
         )
         self.started: defer.Deferred[None] = defer.Deferred()
+        self._signal_installed = False
+        self._previous_handler: Any = signal.SIG_DFL
 
     def _blocking(self, function: Any, *args: Any) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(
@@ -161,12 +165,31 @@ class QueueService(Service):
         server is running), then recover and schedule what it holds."""
         super().startService()
         self.spool.lock()
+        if threading.current_thread() is threading.main_thread():
+            # `mailserver queue flush|retry|delete` wakes us to read its request now.
+            self._previous_handler = signal.signal(
+                WAKE_SIGNAL, lambda *_: self.reactor.callFromThread(self._requested)
+            )
+            self._signal_installed = True
         d = defer.ensureDeferred(self.scheduler.start())
         d.addErrback(lambda f: log.failure("queue: start-up failed", f))
         d.chainDeferred(self.started)
 
+    def _requested(self) -> None:
+        if not self.running:
+            return
+        if not self.started.called:
+            # Still loading the spool: read the request once it is loaded.
+            self.started.addCallback(lambda result: (self._requested(), result)[1])
+            return
+        d = defer.ensureDeferred(self.scheduler.scan())
+        d.addErrback(lambda f: log.failure("queue: reading requests", f))
+
     def stopService(self) -> None:
         super().stopService()
+        if self._signal_installed:
+            signal.signal(WAKE_SIGNAL, self._previous_handler or signal.SIG_DFL)
+            self._signal_installed = False
         self.scheduler.stop()
         self.spool.unlock()
         if self.resolver is not None:

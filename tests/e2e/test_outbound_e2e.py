@@ -8,6 +8,8 @@ import email
 import email.policy
 import os
 import smtplib
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -16,6 +18,7 @@ from twisted.trial import unittest
 
 from mailserver.config import load
 from mailserver.queue.service import QueueService, spool_dir
+from mailserver.queue.spool import Spool
 from tests.e2e.dns_peer import a, aaaa, listen_dns, mx, null_mx
 from tests.e2e.harness import ALICE, PASSWORD, ServerProcess, free_ports, write_config
 from tests.e2e.smtp_peers import Peer, common_port, listen_peer
@@ -234,3 +237,59 @@ class Outbound(unittest.TestCase):
                 copies[key] = copies.get(key, 0) + 1
         self.assertEqual(len(copies), 4 * 3)
         self.assertEqual(set(copies.values()), {1})
+
+    async def test_queue_command_on_a_running_server(self) -> None:
+        """`mailserver queue` against the real server: list and show what waits; retry
+        and delete reach it at once (its scan interval is an hour)."""
+        peers = self.start_network()
+        flaky, deferring = peers["127.0.0.3"], peers["127.0.0.4"]
+        deferring.mode = "defer"
+        directory = os.path.abspath(self.mktemp())
+        (submission,) = free_ports(1)
+        extra = QUEUE_TOML.format(dns=self.dns, port=self.port)
+        for fast, slow in (
+            ("min_backoff = 0.3", "min_backoff = 3600"),
+            ("max_backoff = 0.6", "max_backoff = 3600"),
+            ("scan_interval = 0.2", "scan_interval = 3600"),
+        ):
+            self.assertIn(fast, extra)
+            extra = extra.replace(fast, slow)
+        server = ServerProcess(directory, {"submission": submission}, extra)
+        self.addCleanup(server.stop)
+        await threads.deferToThread(server.start)
+
+        def submit() -> None:
+            with smtplib.SMTP("127.0.0.1", submission, timeout=30) as client:
+                client.login(ALICE, PASSWORD)
+                for to in ("u@flaky.test", "u@reject.test"):
+                    client.sendmail(ALICE, [to], f"From: {ALICE}\r\nSubject: {to}\r\n\r\nhi\r\n")
+
+        await threads.deferToThread(submit)
+        spool = Spool(spool_dir(load(server.config)))
+
+        def deferred_once() -> bool:
+            entries = [spool.load(i) for i in spool.ids()]
+            return len(entries) == 2 and all(e.attempts == 1 for e in entries)
+
+        await wait_for(deferred_once)
+        by_rcpt = {spool.load(i).recipients[0].address: i for i in spool.ids()}
+
+        def queue(*args: str) -> subprocess.CompletedProcess[str]:
+            command = [os.path.join(os.path.dirname(sys.executable), "mailserver"), "queue"]
+            return subprocess.run(
+                [*command, *args, "--config", server.config], capture_output=True, text=True
+            )
+
+        listing = await threads.deferToThread(queue, "list")
+        self.assertEqual(listing.returncode, 0, listing.stderr)
+        self.assertIn("2 queued", listing.stdout)
+        shown = await threads.deferToThread(queue, "show", by_rcpt["u@flaky.test"])
+        self.assertIn("mx.flaky.test [127.0.0.3]: 451 4.3.0 Try again later", shown.stdout)
+
+        retried = await threads.deferToThread(queue, "retry", by_rcpt["u@flaky.test"])
+        self.assertIn("handed to the running server", retried.stdout)
+        await wait_for(lambda: len(flaky.received) == 1)
+        deleted = await threads.deferToThread(queue, "delete", by_rcpt["u@reject.test"])
+        self.assertEqual(deleted.returncode, 0, deleted.stderr)
+        await wait_for(lambda: spool.ids() == [])
+        self.assertEqual(deferring.received, [])  # deleted without delivery
