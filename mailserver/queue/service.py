@@ -75,7 +75,22 @@ def trust_root(config: Config) -> Any:
         ) from None
     marker = b"-----END CERTIFICATE-----"
     blocks = [b + marker for b in pem.split(marker) if b.strip()]
-    return trustRootFromCertificates([Certificate.loadPEM(b) for b in blocks])
+    try:
+        certificates = [Certificate.loadPEM(b) for b in blocks]
+    except Exception as e:  # OpenSSL's errors have no common base worth naming
+        raise ConfigError(
+            f"{config.path}: [queue] tls_ca_file: {path} is not PEM certificates: {e}"
+        ) from None
+    if not certificates:
+        raise ConfigError(f"{config.path}: [queue] tls_ca_file: no certificate in {path}")
+    return trustRootFromCertificates(certificates)
+
+
+def check_queue_files(config: Config) -> None:
+    """At start-up and in check-config: the smarthost password file and the CA file
+    are readable and safe (ConfigError names the key)."""
+    relay_credentials(config)
+    trust_root(config)
 
 
 def transport_settings(config: Config) -> TransportSettings:
