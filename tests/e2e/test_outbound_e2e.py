@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from twisted.internet import defer, reactor, task, threads
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from mailserver.config import load
@@ -23,7 +24,8 @@ from tests.e2e.dns_peer import a, aaaa, listen_dns, mx, null_mx
 from tests.e2e.harness import ALICE, PASSWORD, ServerProcess, free_ports, write_config
 from tests.e2e.smtp_peers import Peer, common_port, listen_peer
 
-HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.7"]
+REFUSING = "127.0.0.6"  # nothing listens there: connection refused
 ZONE = {
     "accept.test": [mx(10, "mx.accept.test")],
     "mx.accept.test": [a("127.0.0.2")],
@@ -35,6 +37,15 @@ ZONE = {
     "backup.test": [mx(10, "tarpit.backup.test"), mx(20, "mx.accept.test")],
     "tarpit.backup.test": [a("127.0.0.5")],
     "silent.test": [mx(10, "tarpit.backup.test")],
+    # RFC 5321 §5.1: the first MX refuses the connection, the second answers 451: the
+    # third takes the message, in the same attempt.
+    "fallback.test": [
+        mx(10, "down.fallback.test"),
+        mx(20, "busy.fallback.test"),
+        mx(30, "mx.accept.test"),
+    ],
+    "down.fallback.test": [a(REFUSING)],
+    "busy.fallback.test": [a("127.0.0.7")],
     "nullmx.test": [null_mx()],
     # No MX: the domain's own address (RFC 5321 §5.1 implicit MX).
     "amx.test": [a("127.0.0.2")],
@@ -90,11 +101,12 @@ class Outbound(unittest.TestCase):
         dns_port = listen_dns(reactor, "test", ZONE)
         self.addCleanup(dns_port.stopListening)
         self.dns = dns_port.getHost().port
-        self.port = common_port(HOSTS)
+        self.port = common_port([*HOSTS, REFUSING])
         peers = {
             "127.0.0.2": Peer("accept"),
             "127.0.0.3": Peer("defer-once"),
             "127.0.0.4": Peer("reject"),
+            "127.0.0.7": Peer("defer"),
         }
         for host in HOSTS:
             listening = listen_peer(reactor, host, self.port, peers.get(host))
@@ -131,6 +143,16 @@ class Outbound(unittest.TestCase):
         await service.enqueue(sender, ["u@flaky.test"], [b"Subject: flaky\r\n\r\nhi\r\n"])
         await service.enqueue(sender, ["u@reject.test"], [b"Subject: reject\r\n\r\nhi\r\n"])
         await service.enqueue(sender, ["u@backup.test"], [b"Subject: backup\r\n\r\nhi\r\n"])
+        fallback = await service.enqueue(
+            sender, ["u@fallback.test"], [b"Subject: fallback\r\n\r\nhi\r\n"]
+        )
+        log: list[str] = []
+
+        def observe(event: dict[str, object]) -> None:
+            log.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
         silent = await service.enqueue(sender, ["u@silent.test"], [b"Subject: s\r\n\r\nhi\r\n"])
         await service.enqueue(sender, ["u@nullmx.test"], [b"Subject: null\r\n\r\nhi\r\n"])
         await service.enqueue(sender, ["u@amx.test"], [b"Subject: amx\r\n\r\nhi\r\n"])
@@ -146,7 +168,7 @@ class Outbound(unittest.TestCase):
             lambda: (
                 len(local) == 2
                 and len(flaky.received) == 1
-                and len(accept.received) == 4
+                and len(accept.received) == 5
                 and service.scheduler.entries.keys() == {silent}
             )
         )
@@ -154,6 +176,17 @@ class Outbound(unittest.TestCase):
         self.assertTrue(dots.data.endswith(body))  # byte-exact after stuffing, un-stuffing
         self.assertEqual(dots.rcpt_to, ["u1@accept.test", "u2@accept.test"])  # one transaction
         self.assertIn(b"Subject: backup", subjects())
+        self.assertIn(b"Subject: fallback", subjects())
+        # All three hosts in the first attempt, each logged with its address and reply.
+        lines = [line for line in log if line.startswith(f"queue {fallback} to <u@fallback")]
+        self.assertRegex(lines[0], r"via down.fallback.test \[127.0.0.6\]: temporary: .*refused")
+        self.assertRegex(lines[1], r"via busy.fallback.test \[127.0.0.7\]: temporary: 451 4.3.0")
+        self.assertRegex(lines[2], r"via mx.accept.test \[127.0.0.2\]: delivered: 250 2.0.0")
+        self.assertRegex(
+            lines[3], r"via mx.accept.test \[127.0.0.2\]: 250 2.0.0 .*attempt 1: delivered"
+        )
+        self.assertEqual(len(lines), 4)
+        self.assertEqual(peers["127.0.0.7"].received, [])
         self.assertIn(b"Subject: amx", subjects())
         bounce = next(r for r in accept.received if r.mail_from == "")
         self.assertEqual(bounce.rcpt_to, ["bob@accept.test"])
