@@ -170,6 +170,7 @@ class Outbound(unittest.TestCase):
                 and len(flaky.received) == 1
                 and len(accept.received) == 5
                 and service.scheduler.entries.keys() == {silent}
+                and service.scheduler.entries[silent].attempts >= 1
             )
         )
         dots = accept.received[subjects().index(b"Subject: dots")]
@@ -188,24 +189,60 @@ class Outbound(unittest.TestCase):
         self.assertEqual(len(lines), 4)
         self.assertEqual(peers["127.0.0.7"].received, [])
         self.assertIn(b"Subject: amx", subjects())
+        # The remote sender's bounce came through the queue with MAIL FROM:<>.
         bounce = next(r for r in accept.received if r.mail_from == "")
         self.assertEqual(bounce.rcpt_to, ["bob@accept.test"])
-        self.assertIn(b"x@reject.test", bounce.data)
+        report = email.message_from_bytes(bounce.data, policy=email.policy.default)
+        self.assertEqual([a.addr_spec for a in report["To"].addresses], ["bob@accept.test"])
+        self.assertEqual(report["Subject"], "Undelivered Mail Returned to Sender")
+        per_message, per_rcpt = report.get_payload()[1].get_payload()
+        self.assertEqual(per_message["Reporting-MTA"], "dns; mail.example.test")
+        self.assertEqual(
+            dict(per_rcpt.items()),
+            {
+                "Final-Recipient": "rfc822; x@reject.test",
+                "Action": "failed",
+                "Status": "5.1.1",
+                "Remote-MTA": "dns; mx.reject.test",
+                "Diagnostic-Code": "smtp; 550 5.1.1 No such user here",
+                "Last-Attempt-Date": per_rcpt["Last-Attempt-Date"],
+            },
+        )
+        returned = report.get_payload()[2]
+        self.assertEqual(returned.get_content_type(), "text/rfc822-headers")
+        self.assertIn(b"Subject: r2\r\n", returned.get_payload(decode=True))
+        self.assertNotIn(b"hi", returned.get_payload(decode=True))
         self.assertEqual(flaky.received[0].rcpt_to, ["u@flaky.test"])
 
-        statuses = {}
+        reports = {}
         for mail_from, rcpts, data in local:
             self.assertEqual((mail_from, rcpts), ("", [sender]))
             parsed = email.message_from_bytes(data, policy=email.policy.default)
             per_rcpt = parsed.get_payload()[1].get_payload()[1]
-            statuses[per_rcpt["Final-Recipient"]] = (per_rcpt["Action"], per_rcpt["Status"])
+            reports[per_rcpt["Final-Recipient"]] = dict(per_rcpt.items())
         self.assertEqual(
-            statuses,
+            reports["rfc822; u@reject.test"],
             {
-                "rfc822; u@reject.test": ("failed", "5.1.1"),
-                "rfc822; u@nullmx.test": ("failed", "5.1.10"),
+                "Final-Recipient": "rfc822; u@reject.test",
+                "Action": "failed",
+                "Status": "5.1.1",
+                "Remote-MTA": "dns; mx.reject.test",
+                "Diagnostic-Code": "smtp; 550 5.1.1 No such user here",
+                "Last-Attempt-Date": reports["rfc822; u@reject.test"]["Last-Attempt-Date"],
             },
         )
+        # RFC 7505: bounced without a connection, so no Remote-MTA.
+        self.assertEqual(
+            reports["rfc822; u@nullmx.test"],
+            {
+                "Final-Recipient": "rfc822; u@nullmx.test",
+                "Action": "failed",
+                "Status": "5.1.10",
+                "Diagnostic-Code": "smtp; 556 5.1.10 nullmx.test accepts no mail (null MX)",
+                "Last-Attempt-Date": reports["rfc822; u@nullmx.test"]["Last-Attempt-Date"],
+            },
+        )
+        self.assertEqual(len(reports), 2)
         entry = service.scheduler.entries[silent]
         self.assertGreaterEqual(entry.attempts, 1)
         self.assertIn("timeout", entry.recipients[0].diagnostic)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -358,3 +359,107 @@ def test_enqueue_refuses_envelope_values_that_would_break_a_command(h: Harness) 
             rcpt_params={"a@example.net": {"ORCPT": "rfc822;a\x00"}},
         )
     assert h.spool.ids() == []
+
+
+def test_delay_and_expiry_reports_field_by_field(tmp_path: Any) -> None:
+    """RFC 3464 read back with the email package: the delay notice (only to the
+    recipient whose NOTIFY asks for it), then one failure report at expiry for both."""
+    h = Harness(
+        str(tmp_path / "s"), min_backoff=100, max_backoff=100, max_lifetime=1000, delay_warning=250
+    )
+    h.start()
+    t0 = h.clock.seconds()
+    h.transport.script["a@example.net"] = [LATER] * 100
+    h.transport.script["b@example.net"] = [LATER] * 100
+    h.enqueue(
+        "alice@example.test",
+        ["a@example.net", "b@example.net"],
+        params={"ENVID": "QID+2B7", "RET": "FULL"},
+        rcpt_params={
+            "a@example.net": {"NOTIFY": "DELAY,FAILURE", "ORCPT": "rfc822;A+2Ba@example.net"},
+            "b@example.net": {"NOTIFY": "FAILURE"},
+        },
+    )
+    h.clock.advance(0)
+    for _ in range(10):
+        h.clock.advance(100)
+    assert h.spool.ids() == []
+    h.scheduler.stop()
+    (mail_from, to, delay), (_, _, failure) = [(f, r, d) for f, r, d in h.local]
+    assert (mail_from, to) == ("", ["alice@example.test"])
+
+    def check_common(report: bytes, subject: str) -> tuple[Any, list[Any], Any]:
+        parsed = email.message_from_bytes(report, policy=email.policy.default)
+        assert not parsed.defects
+        assert parsed["From"] == "Mail Delivery System <MAILER-DAEMON@mail.example.test>"
+        assert [a.addr_spec for a in parsed["To"].addresses] == ["alice@example.test"]
+        assert parsed["Subject"] == subject
+        assert parsed["Auto-Submitted"] == "auto-replied"
+        assert parsed["Date"].datetime.timestamp() == t0 + (300 if "Delayed" in subject else 1000)
+        assert parsed["Message-ID"].endswith("@mail.example.test>")
+        assert parsed.get_content_type() == "multipart/report"
+        assert parsed.get_param("report-type") == "delivery-status"
+        text, status, returned = parsed.get_payload()
+        assert text.get_content_type() == "text/plain"
+        assert status.get_content_type() == "message/delivery-status"
+        per_message, *per_rcpt = status.get_payload()
+        assert per_message["Reporting-MTA"] == "dns; mail.example.test"
+        assert per_message["Original-Envelope-Id"] == "QID+7"
+        assert per_message["Arrival-Date"] == email.utils.formatdate(t0)
+        # RET=FULL: the whole original comes back.
+        assert returned.get_content_type() == "message/rfc822"
+        original = returned.get_payload()[0]
+        assert original["Subject"] == "test" and original.get_content() == "body\r\n"
+        return text, per_rcpt, parsed
+
+    text, per_rcpt, _ = check_common(delay, "Delayed Mail (still being retried)")
+    assert "<a@example.net>: 451 4.3.0 later" in text.get_content()
+    (a,) = per_rcpt  # b did not ask for delay notices
+    assert dict(a.items()) == {
+        "Original-Recipient": "rfc822; A+a@example.net",
+        "Final-Recipient": "rfc822; a@example.net",
+        "Action": "delayed",
+        "Status": "4.3.0",
+        "Remote-MTA": "dns; mx.example.net",
+        "Diagnostic-Code": "smtp; 451 4.3.0 later",
+        "Last-Attempt-Date": email.utils.formatdate(t0 + 300),
+        "Will-Retry-Until": email.utils.formatdate(t0 + 1000),
+    }
+
+    text, per_rcpt, _ = check_common(failure, "Undelivered Mail Returned to Sender")
+    assert [dict(r.items()) for r in per_rcpt] == [
+        {
+            "Original-Recipient": "rfc822; A+a@example.net",
+            "Final-Recipient": "rfc822; a@example.net",
+            "Action": "failed",
+            "Status": "5.4.7",
+            "Remote-MTA": "dns; mx.example.net",
+            "Diagnostic-Code": "smtp; 451 4.3.0 later",
+            "Last-Attempt-Date": email.utils.formatdate(t0 + 1000),
+        },
+        {
+            "Final-Recipient": "rfc822; b@example.net",
+            "Action": "failed",
+            "Status": "5.4.7",
+            "Remote-MTA": "dns; mx.example.net",
+            "Diagnostic-Code": "smtp; 451 4.3.0 later",
+            "Last-Attempt-Date": email.utils.formatdate(t0 + 1000),
+        },
+    ]
+
+
+def test_report_fields_stay_ascii_and_the_header_part_keeps_its_line_ends() -> None:
+    report = dsn.build_report(
+        "mx.example.test",
+        "s@example.org",
+        [dsn.ReportedRecipient("a@example.net", dsn.FAILED, "5.1.1", "550 5.1.1 caf\u00e9\x01")],
+        b"Subject: x\r\nFrom: s@example.org\r\n\r\nbody\r\n",
+        arrival=1_700_000_000,
+        now=1_700_000_100,
+    )
+    assert max(report) < 0x80
+    parsed = email.message_from_bytes(report, policy=email.policy.default)
+    assert parsed.get_payload()[1].get_payload()[1]["Diagnostic-Code"] == "smtp; 550 5.1.1 caf??"
+    headers = parsed.get_payload()[2]
+    assert headers.get_content_type() == "text/rfc822-headers"
+    assert headers.get_payload(decode=True) == b"Subject: x\r\nFrom: s@example.org\r\n"
