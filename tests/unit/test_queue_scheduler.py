@@ -7,6 +7,7 @@ import email
 import email.policy
 import email.utils
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -463,3 +464,58 @@ def test_report_fields_stay_ascii_and_the_header_part_keeps_its_line_ends() -> N
     headers = parsed.get_payload()[2]
     assert headers.get_content_type() == "text/rfc822-headers"
     assert headers.get_payload(decode=True) == b"Subject: x\r\nFrom: s@example.org\r\n"
+
+
+def test_enqueue_fires_only_after_data_and_state_are_durable(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """Data then state, each written to tmp/, fsynced, renamed, its directory fsynced;
+    the Deferred the MSA waits on for its 250 fires after the last of these."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+    root = str(tmp_path / "spool")
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("fsync", os.path.relpath(os.readlink(f"/proc/self/fd/{fd}"), root)))
+
+    def rename(src: str, dst: str) -> None:
+        real_rename(src, dst)
+        events.append(("rename", f"{os.path.relpath(src, root)} {os.path.relpath(dst, root)}"))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    work: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+
+    def later(function: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        work.append((function, args, d))
+        return d
+
+    spool = Spool(root)
+    spool.ensure()
+    scheduler = Scheduler(
+        spool,
+        FakeTransport(),
+        Policy("mail.example.test"),
+        None,
+        task.Clock(),
+        later,  # type: ignore[arg-type]
+    )
+    done: list[str] = []
+    scheduler.enqueue("s@example.test", ["a@example.net"], [MSG]).addCallback(done.append)
+    assert done == [] and events == []
+    function, args, d = work.pop()
+    result = function(*args)
+    assert done == []  # not before the disk work has returned
+    d.callback(result)
+    (queue_id,) = done
+    steps = [(kind, re.sub(r"\.[0-9a-f]{8}", ".tmp", what)) for kind, what in events]
+    assert steps == [
+        ("fsync", f"tmp/{queue_id}.tmp"),
+        ("rename", f"tmp/{queue_id}.tmp data/{queue_id}"),
+        ("fsync", "data"),
+        ("fsync", f"tmp/{queue_id}.tmp"),
+        ("rename", f"tmp/{queue_id}.tmp state/{queue_id}"),
+        ("fsync", "state"),
+    ]
