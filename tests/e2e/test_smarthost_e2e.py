@@ -62,3 +62,34 @@ class Smarthost(unittest.TestCase):
         self.assertTrue(stored.endswith(MESSAGE))
         # The provider saw TLS and AUTH (RFC 3848 "ESMTPSA").
         self.assertIn(b"with ESMTPSA", stored)
+
+    async def test_an_unverified_certificate_stops_the_relay_before_auth(self) -> None:
+        """The provider's certificate does not chain to a trusted root (no tls_ca_file:
+        the system's store, which does not know the dev CA): nothing is sent, not even
+        the password; the message waits in the queue with the reason."""
+        provider_dir = os.path.abspath(self.mktemp())
+        provider = await self.start(provider_dir, "example.test")
+        port = provider.listeners["submission"][0].port.getHost().port
+        office = await self.start(
+            os.path.abspath(self.mktemp()),
+            "office.test",
+            extra=(
+                "[queue]\n"
+                f'relay_host = "localhost:{port}"\n'
+                f'relay_username = "{ALICE}"\n'
+                f'relay_password = "{PASSWORD}"\n'
+                "min_backoff = 3600\nmax_backoff = 3600\n"
+            ),
+        )
+        await office.queue.started
+        queue_id = await office.queue.enqueue(ALICE, [BOB], [MESSAGE])
+        entries = office.queue.scheduler.entries
+        deadline = time.monotonic() + 20
+        while entries[queue_id].attempts < 1:
+            self.assertLess(time.monotonic(), deadline, "no attempt in time")
+            await task.deferLater(reactor, 0.05, lambda: None)
+        (rcpt,) = entries[queue_id].recipients
+        self.assertEqual(rcpt.status, "pending")
+        self.assertIn("certificate verify failed", rcpt.diagnostic)
+        inbox = os.path.join(provider_dir, "run", "Maildir", "example.test", "bob", "new")
+        self.assertFalse(os.path.isdir(inbox) and os.listdir(inbox))

@@ -519,3 +519,16 @@ def test_enqueue_fires_only_after_data_and_state_are_durable(
         ("rename", f"tmp/{queue_id}.tmp state/{queue_id}"),
         ("fsync", "state"),
     ]
+
+
+def test_overall_concurrency_limit(tmp_path: Any) -> None:
+    h = Harness(str(tmp_path / "s"), max_deliveries=2, max_deliveries_per_domain=4)
+    h.start()
+    h.transport.hold = True
+    for domain in ("one.example", "two.example", "three.example"):
+        h.enqueue("s@example.test", [f"a@{domain}"])
+    h.clock.advance(0)
+    assert len(h.transport.calls) == 2  # the third waits for a free connection
+    h.transport.held[0].callback({h.transport.calls[0][1][0]: OK})
+    assert len(h.transport.calls) == 3
+    h.scheduler.stop()
