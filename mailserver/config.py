@@ -138,6 +138,9 @@ class QueueConfig:
     # A smarthost "host:port" that takes all outbound mail, with STARTTLS and a verified
     # certificate required; empty means delivery to the MX hosts of each domain.
     relay_host: str = ""
+    # "starttls" (RFC 3207, port 587) or "implicit" (RFC 8314 §3.3, TLS from the first
+    # byte, port 465); empty: implicit on port 465, STARTTLS on any other port.
+    relay_tls: str = ""
     relay_username: str = ""
     relay_password: str = ""
     # Or the password in a file (first line) that only the service may read (mode 0600).
@@ -345,6 +348,10 @@ def _check_queue(path: str, queue: QueueConfig) -> None:
         host, _, port = queue.relay_host.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"{path}: [queue] relay_host: expected host:port")
+    if queue.relay_tls not in ("", "starttls", "implicit"):
+        raise ConfigError(
+            f"{path}: [queue] relay_tls: expected starttls or implicit, got {queue.relay_tls!r}"
+        )
     if queue.relay_password and queue.relay_password_file:
         raise ConfigError(f"{path}: [queue] relay_password_file: give it or relay_password")
     if queue.min_backoff > queue.max_backoff:

@@ -110,6 +110,8 @@ def transport_settings(config: Config) -> TransportSettings:
         verify_mx=queue.mx_tls == "verify",
         relay_host=relay_host,
         relay_port=relay_port,
+        relay_implicit_tls=queue.relay_tls == "implicit"
+        or (not queue.relay_tls and relay_port == 465),
         credentials=relay_credentials(config),
         trust_root=trust_root(config),
         connect_timeout=queue.connect_timeout,

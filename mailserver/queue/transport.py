@@ -52,6 +52,7 @@ class TransportSettings:
     verify_mx: bool = False
     relay_host: str = ""  # "name" when all mail goes to a smarthost
     relay_port: int = 587
+    relay_implicit_tls: bool = False  # RFC 8314 §3.3: TLS at connect (port 465)
     credentials: tuple[str, str] | None = None
     trust_root: Any = None  # a twisted IOpenSSLTrustRoot; None: the platform's
     connect_timeout: float = 30.0
@@ -96,12 +97,14 @@ class SMTPTransport:
         for host, address in tries:
             remote = f"{host.name} [{address}]"
             relay = bool(settings.relay_host)
+            implicit = relay and settings.relay_implicit_tls
             session = ClientSession(
                 settings.hostname,
                 message,
                 tls=TLSPolicy.REQUIRED if relay else settings.mx_tls,
                 credentials=settings.credentials if relay else None,
                 timeouts=settings.timeouts,
+                implicit_tls=implicit,
             )
             port = settings.relay_port if relay else settings.port
             outcome = await deliver(
@@ -112,6 +115,7 @@ class SMTPTransport:
                 self._tls_options(host.name),
                 settings.connect_timeout,
                 self.tracer.connection("OUT", queue_id) if self.tracer else None,
+                implicit_tls=implicit,
             )
             still_open = []
             for rcpt in message.recipients:

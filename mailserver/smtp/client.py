@@ -177,14 +177,17 @@ class ClientSession:
         tls: TLSPolicy = TLSPolicy.OPPORTUNISTIC,
         credentials: tuple[str, str] | None = None,
         timeouts: ClientTimeouts | None = None,
+        implicit_tls: bool = False,
     ) -> None:
+        """``implicit_tls``: the driver has TLS on from the first byte (RFC 8314 §3.3),
+        so there is no STARTTLS to do and the policy is already met."""
         self.hostname = hostname
         self.message = message
         self.tls_policy = tls
         self.credentials = credentials
         self.timeouts = timeouts or ClientTimeouts()
         self.extensions: dict[str, str] = {}
-        self.outcome = Outcome()
+        self.outcome = Outcome(tls=implicit_tls)
         self._in = bytearray()
         self._lines: list[tuple[int, str]] = []
         self._out: deque[Action] = deque()

@@ -25,9 +25,14 @@ class ClientProtocol(Protocol, TimeoutMixin):
     """Drives one ClientSession; ``done`` fires with its Outcome when the connection ends."""
 
     def __init__(
-        self, session: ClientSession, tls_options: Any, trace: ConnectionTrace | None = None
+        self,
+        session: ClientSession,
+        tls_options: Any,
+        trace: ConnectionTrace | None = None,
+        implicit_tls: bool = False,
     ) -> None:
         self.session = session
+        self.implicit_tls = implicit_tls
         self.tls_options = tls_options
         self.trace = trace  # the protocol trace: we are the client, the peer the server
         self.done: defer.Deferred[Outcome] = defer.Deferred()
@@ -38,6 +43,11 @@ class ClientProtocol(Protocol, TimeoutMixin):
         if self.trace is not None:
             peer = self.transport.getPeer()
             self.trace.opened(str(getattr(peer, "host", peer)), getattr(peer, "port", None))
+        if self.implicit_tls:
+            # RFC 8314 §3.3: the handshake comes first; the greeting arrives inside TLS.
+            self.transport.startTLS(self.tls_options)
+            if self.trace is not None:
+                self.trace.tls_started()
         self._pump()
 
     def dataReceived(self, data: bytes) -> None:
@@ -98,6 +108,7 @@ def deliver(
     tls_options: Any,
     connect_timeout: float,
     trace: ConnectionTrace | None = None,
+    implicit_tls: bool = False,
 ) -> defer.Deferred[Outcome]:
     """Connect to ``address`` (IPv4 or IPv6) and run ``session``; never fails: a refused
     connection is an Outcome whose recipients are all to be tried again."""
@@ -105,7 +116,7 @@ def deliver(
         endpoint: Any = TCP6ClientEndpoint(reactor, address, port, timeout=connect_timeout)
     else:
         endpoint = TCP4ClientEndpoint(reactor, address, port, timeout=connect_timeout)
-    protocol = ClientProtocol(session, tls_options, trace)
+    protocol = ClientProtocol(session, tls_options, trace, implicit_tls)
     d = endpoint.connect(Factory.forProtocol(lambda: protocol))
 
     def failed(failure: Failure) -> Outcome:

@@ -32,10 +32,11 @@ class Smarthost(unittest.TestCase):
             await listeners[0].listening
         return server
 
-    async def test_office_relays_through_the_providers_submission_port(self) -> None:
+    async def relay_through(self, listener: str, tls: str) -> bytes:
+        """Relay one message through the provider's ``listener``; the stored copy."""
         provider_dir = os.path.abspath(self.mktemp())
         provider = await self.start(provider_dir, "example.test")
-        port = provider.listeners["submission"][0].port.getHost().port
+        port = provider.listeners[listener][0].port.getHost().port
         # The office's own domain is office.test: example.test is remote for it.
         office = await self.start(
             os.path.abspath(self.mktemp()),
@@ -43,6 +44,7 @@ class Smarthost(unittest.TestCase):
             extra=(
                 "[queue]\n"
                 f'relay_host = "localhost:{port}"\n'
+                f'relay_tls = "{tls}"\n'
                 f'relay_username = "{ALICE}"\n'
                 f'relay_password = "{PASSWORD}"\n'
                 f'tls_ca_file = "{provider_dir}/run/tls/ca.pem"\n'
@@ -60,7 +62,16 @@ class Smarthost(unittest.TestCase):
         with open(os.path.join(inbox, name), "rb") as f:
             stored = f.read()
         self.assertTrue(stored.endswith(MESSAGE))
+        return stored
+
+    async def test_office_relays_through_the_providers_submission_port(self) -> None:
+        stored = await self.relay_through("submission", "starttls")
         # The provider saw TLS and AUTH (RFC 3848 "ESMTPSA").
+        self.assertIn(b"with ESMTPSA", stored)
+
+    async def test_relay_over_implicit_tls(self) -> None:
+        """RFC 8314 §3.3: the provider's port 465, TLS from the first byte."""
+        stored = await self.relay_through("submissions", "implicit")
         self.assertIn(b"with ESMTPSA", stored)
 
     async def test_an_unverified_certificate_stops_the_relay_before_auth(self) -> None:

@@ -76,3 +76,17 @@ def test_mx_tls_settings(tmp_path: Any) -> None:
     for value, (policy, verify) in expected.items():
         settings = transport_settings(load(config_with(tmp_path, f'mx_tls = "{value}"\n')))
         assert (settings.mx_tls, settings.verify_mx) == (policy, verify)
+
+
+def test_relay_tls_mode(tmp_path: Any) -> None:
+    def settings(queue: str) -> Any:
+        return transport_settings(load(config_with(tmp_path, queue)))
+
+    assert not settings('relay_host = "smtp.example.net:587"\n').relay_implicit_tls
+    assert settings('relay_host = "smtp.example.net:465"\n').relay_implicit_tls
+    assert not settings(
+        'relay_host = "smtp.example.net:465"\nrelay_tls = "starttls"\n'
+    ).relay_implicit_tls
+    assert settings('relay_host = "[192.0.2.1]:2465"\nrelay_tls = "implicit"\n').relay_implicit_tls
+    with pytest.raises(ConfigError, match=r"\[queue\] relay_tls: expected starttls or implicit"):
+        load(config_with(tmp_path, 'relay_tls = "ssl"\n'))

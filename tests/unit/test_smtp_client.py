@@ -370,3 +370,12 @@ def test_no_command_with_cr_or_lf_is_ever_written() -> None:
     c.feed(b"220 hi\r\n")
     with pytest.raises(ValueError):
         c.feed(EHLO_PLAIN + b"250 ok\r\n")
+
+
+def test_implicit_tls_goes_straight_to_auth() -> None:
+    """RFC 8314 §3.3: TLS is on from the first byte; no STARTTLS, the policy is met."""
+    c = new(tls=TLSPolicy.REQUIRED, credentials=("u@x", "pw"), implicit_tls=True)
+    assert c.feed(b"220 hi\r\n") == b"EHLO out.example.test\r\n"
+    token = base64.b64encode(b"\0u@x\0pw")
+    assert c.feed(b"250-hi\r\n250 AUTH PLAIN\r\n") == b"AUTH PLAIN " + token + b"\r\n"
+    assert not c.tls and c.session.outcome.tls
