@@ -97,6 +97,9 @@ class Outcome:
     recipients: dict[str, RecipientOutcome] = field(default_factory=dict)
     dsn_supported: bool = False  # the server took the DSN parameters (RFC 3461 §4)
     tls: bool = False
+    # The connection ended after STARTTLS (or with implicit TLS) before the server
+    # answered inside TLS: most likely the handshake failed.
+    tls_failed: bool = False
 
 
 class DotStuffer:
@@ -197,6 +200,7 @@ class ClientSession:
         self._done = False
         self._aborted = False  # no more transaction: only the DATA cleanup and QUIT left
         self._quit_sent = False
+        self._tls_confirmed = False  # a reply came inside TLS
         # Complete replies read so far: the driver restarts its timer only when this
         # changes, so a server that trickles a byte at a time cannot hold us forever.
         self.replies = 0
@@ -212,6 +216,7 @@ class ClientSession:
             if reply is None:
                 break
             self.replies += 1
+            self._tls_confirmed = self.outcome.tls
             if not self._expect:
                 self._fail_all(Reply(451, "4.5.0", f"unexpected reply: {describe(reply)}"))
                 self._close()
@@ -241,6 +246,8 @@ class ClientSession:
 
     def connection_lost(self, reason: str = "connection lost") -> None:
         """The connection is gone: recipients not settled yet are to be tried again."""
+        if self.outcome.tls and not self._tls_confirmed and not self._done:
+            self.outcome.tls_failed = True
         self._fail_all(Reply(421, "4.4.2", reason))
         self._done = True
         self._out.clear()
@@ -296,9 +303,12 @@ class ClientSession:
         handler(argument, reply)
 
     def _on_greeting(self, _: str, reply: Reply) -> None:
-        # RFC 5321 §3.1: 554 instead of 220 means no service here.
+        # RFC 5321 §3.1: 554 instead of 220 means no service *here*: it says nothing of
+        # the recipients, so (as Postfix's smtp_skip_5xx_greeting) the next MX host is
+        # tried, and the message later; it is bounced only when it expires.
         if reply.code != 220:
-            self._give_up(reply)
+            self._settle_all(Result.TEMPORARY, reply)
+            self._quit()
             return
         self._send(f"EHLO {self.hostname}", _Step.EHLO)
 

@@ -95,6 +95,38 @@ class Tarpit(Factory):
                 protocol.transport.loseConnection()
 
 
+class _BrokenTLS(Protocol):
+    """Offers STARTTLS, says 220 to it, then answers the handshake with garbage."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"220 broken.test ESMTP\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        if data.upper().startswith(b"EHLO"):
+            self.transport.write(b"250-broken.test\r\n250 STARTTLS\r\n")
+        elif data.upper().startswith(b"STARTTLS"):
+            self.transport.write(b"220 go ahead\r\n")
+        else:  # the client's TLS hello
+            self.transport.write(b"this is not TLS\r\n" * 10)
+            self.transport.loseConnection()
+
+
+class BrokenTLSFirst(Factory):
+    """The first connection gets a broken STARTTLS; later ones go to ``peer``."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.connections = 0
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        self.connections += 1
+        if self.connections == 1:
+            protocol: Protocol = _BrokenTLS()
+            protocol.factory = self
+            return protocol
+        return _PeerFactory(self.peer).buildProtocol(addr)
+
+
 def listen_peer(reactor: Any, host: str, port: int, peer: Peer | None) -> IListeningPort:
     """An SMTP peer on host:port; ``peer`` None is a silent tarpit."""
     if peer is None:

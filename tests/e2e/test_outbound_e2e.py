@@ -22,7 +22,7 @@ from mailserver.queue.service import QueueService, spool_dir
 from mailserver.queue.spool import Spool
 from tests.e2e.dns_peer import a, aaaa, listen_dns, mx, null_mx
 from tests.e2e.harness import ALICE, PASSWORD, ServerProcess, free_ports, write_config
-from tests.e2e.smtp_peers import Peer, common_port, listen_peer
+from tests.e2e.smtp_peers import BrokenTLSFirst, Peer, common_port, listen_peer
 
 HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.7"]
 REFUSING = "127.0.0.6"  # nothing listens there: connection refused
@@ -363,3 +363,38 @@ class Outbound(unittest.TestCase):
         self.assertEqual(deleted.returncode, 0, deleted.stderr)
         await wait_for(lambda: spool.ids() == [])
         self.assertEqual(deferring.received, [])  # deleted without delivery
+
+    async def test_opportunistic_tls_falls_back_to_plaintext_after_a_failed_handshake(
+        self,
+    ) -> None:
+        """RFC 7435: an MX whose STARTTLS is broken still gets the mail, in the clear, in
+        the same attempt (with mx_tls = "opportunistic", the default)."""
+        dns_port = listen_dns(
+            reactor,
+            "tls.test",
+            {"tls.test": [mx(10, "mx.tls.test")], "mx.tls.test": [a("127.0.0.8")]},
+        )
+        self.addCleanup(dns_port.stopListening)
+        peer = Peer("accept")
+        broken = BrokenTLSFirst(peer)
+        listening = reactor.listenTCP(0, broken, interface="127.0.0.8")
+        self.addCleanup(listening.stopListening)
+        extra = QUEUE_TOML.format(dns=dns_port.getHost().port, port=listening.getHost().port)
+        for fast, slow in (
+            ('mx_tls = "never"', 'mx_tls = "opportunistic"'),
+            ("min_backoff = 0.3", "min_backoff = 3600"),  # no second attempt: the
+            ("max_backoff = 0.6", "max_backoff = 3600"),  # fallback is in the first
+        ):
+            self.assertIn(fast, extra)
+            extra = extra.replace(fast, slow)
+        service = QueueService(
+            load(write_config(os.path.abspath(self.mktemp()), extra=extra)), None, reactor
+        )  # type: ignore[arg-type]
+        service.startService()
+        self.addCleanup(service.stopService)
+        await service.started
+        queue_id = await service.enqueue(ALICE, ["u@tls.test"], [b"Subject: tls\r\n\r\nhi\r\n"])
+        await wait_for(lambda: len(peer.received) == 1)
+        self.assertEqual(broken.connections, 2)
+        self.assertEqual(peer.received[0].rcpt_to, ["u@tls.test"])
+        await wait_for(lambda: queue_id not in service.scheduler.entries)

@@ -157,7 +157,9 @@ def test_8bitmime_and_dsn_parameters() -> None:
 def test_greeting_554_gives_up_temporarily_per_host() -> None:
     c = new()
     assert c.feed(b"554 5.7.1 go away\r\n") == b"QUIT\r\n"
-    assert c.session.outcome.recipients["a@example.net"].result is Result.PERMANENT
+    outcome = c.session.outcome.recipients["a@example.net"]
+    assert outcome.result is Result.TEMPORARY  # another MX host may take it
+    assert (outcome.reply.code, outcome.reply.enhanced) == (554, "5.7.1")
     c = new()
     assert c.feed(b"421 4.3.2 busy\r\n") == b"QUIT\r\n"
     assert c.session.outcome.recipients["a@example.net"].result is Result.TEMPORARY
@@ -379,3 +381,23 @@ def test_implicit_tls_goes_straight_to_auth() -> None:
     token = base64.b64encode(b"\0u@x\0pw")
     assert c.feed(b"250-hi\r\n250 AUTH PLAIN\r\n") == b"AUTH PLAIN " + token + b"\r\n"
     assert not c.tls and c.session.outcome.tls
+
+
+def test_tls_failed_only_when_the_connection_ends_before_a_reply_inside_tls() -> None:
+    c = new()
+    c.feed(b"220 hi\r\n")
+    c.feed(b"250-hi\r\n250 STARTTLS\r\n")
+    assert c.feed(b"220 go ahead\r\n") == b"EHLO out.example.test\r\n"
+    c.session.connection_lost("handshake failed")
+    assert c.session.outcome.tls_failed
+    c = new()
+    c.feed(b"220 hi\r\n")
+    c.feed(b"250-hi\r\n250 STARTTLS\r\n")
+    c.feed(b"220 go ahead\r\n")
+    c.feed(b"250 hi\r\n")  # the server answered inside TLS: the handshake worked
+    c.session.connection_lost("reset")
+    assert not c.session.outcome.tls_failed
+    c = new(tls=TLSPolicy.NEVER)
+    c.feed(b"220 hi\r\n")
+    c.session.connection_lost("reset")
+    assert not c.session.outcome.tls_failed
