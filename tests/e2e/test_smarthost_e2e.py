@@ -13,6 +13,7 @@ from twisted.trial import unittest
 
 from mailserver.config import load
 from mailserver.service import MailServer
+from tests.e2e.dns_peer import a, listen_dns, mx
 from tests.e2e.harness import ALICE, BOB, PASSWORD, write_config
 
 MESSAGE = (
@@ -103,4 +104,58 @@ class Smarthost(unittest.TestCase):
         self.assertEqual(rcpt.status, "pending")
         self.assertIn("certificate verify failed", rcpt.diagnostic)
         inbox = os.path.join(provider_dir, "run", "Maildir", "example.test", "bob", "new")
+        self.assertFalse(os.path.isdir(inbox) and os.listdir(inbox))
+
+    async def deliver_to_verified_mx(self, mx_name: str) -> tuple[str, str, MailServer]:
+        """The office sends to bob@example.test, whose MX is ``mx_name`` (on 127.0.0.1:
+        the provider's port 25), with mx_tls = "verify"; returns the provider's inbox,
+        the queue id and the office."""
+        provider_dir = os.path.abspath(self.mktemp())
+        provider = await self.start(provider_dir, "example.test")
+        port = provider.listeners["smtp"][0].port.getHost().port
+        dns_port = listen_dns(
+            reactor, "example.test", {"example.test": [mx(10, mx_name)], mx_name: [a("127.0.0.1")]}
+        )
+        self.addCleanup(dns_port.stopListening)
+        office = await self.start(
+            os.path.abspath(self.mktemp()),
+            "office.test",
+            extra=(
+                "[queue]\n"
+                f'nameservers = ["127.0.0.1:{dns_port.getHost().port}"]\n'
+                f"mx_port = {port}\n"
+                'mx_tls = "verify"\n'
+                f'tls_ca_file = "{provider_dir}/run/tls/ca.pem"\n'
+                "min_backoff = 3600\nmax_backoff = 3600\n"
+            ),
+        )
+        await office.queue.started
+        queue_id = await office.queue.enqueue(ALICE, [BOB], [MESSAGE])
+        inbox = os.path.join(provider_dir, "run", "Maildir", "example.test", "bob", "new")
+        return inbox, queue_id, office
+
+    async def test_mx_tls_verify_delivers_over_verified_tls(self) -> None:
+        # The provider's certificate names its host name, mail.example.test.
+        inbox, _, _ = await self.deliver_to_verified_mx("mail.example.test")
+        deadline = time.monotonic() + 20
+        while not (os.path.isdir(inbox) and os.listdir(inbox)):
+            self.assertLess(time.monotonic(), deadline, "not delivered in time")
+            await task.deferLater(reactor, 0.05, lambda: None)
+        (name,) = os.listdir(inbox)
+        with open(os.path.join(inbox, name), "rb") as f:
+            stored = f.read()
+        self.assertIn(b"with ESMTPS", stored)  # RFC 3848: TLS, no AUTH
+        self.assertTrue(stored.endswith(MESSAGE))
+
+    async def test_mx_tls_verify_refuses_a_certificate_for_another_name(self) -> None:
+        inbox, queue_id, office = await self.deliver_to_verified_mx("mx.example.test")
+        entries = office.queue.scheduler.entries
+        deadline = time.monotonic() + 20
+        while entries[queue_id].attempts < 1:
+            self.assertLess(time.monotonic(), deadline, "no attempt in time")
+            await task.deferLater(reactor, 0.05, lambda: None)
+        (rcpt,) = entries[queue_id].recipients
+        self.assertEqual(rcpt.status, "pending")
+        self.assertIn("mx.example.test [127.0.0.1]", rcpt.remote)
+        self.assertIn("DNSMismatch", rcpt.diagnostic)  # no fallback to plaintext here
         self.assertFalse(os.path.isdir(inbox) and os.listdir(inbox))
