@@ -532,3 +532,35 @@ def test_overall_concurrency_limit(tmp_path: Any) -> None:
     h.transport.held[0].callback({h.transport.calls[0][1][0]: OK})
     assert len(h.transport.calls) == 3
     h.scheduler.stop()
+
+
+def test_notify_success_relayed_or_passed_on(h: Harness) -> None:
+    """RFC 3461 §4.1/§5.2.2: NOTIFY=SUCCESS to a remote without DSN: we send a "relayed"
+    report; to a remote that took the DSN parameters, it will report, we do not."""
+    passed_on = Delivery(OK.result, OK.reply, OK.remote, dsn_passed_on=True)
+    h.transport.script["a@example.net"] = [OK]
+    h.transport.script["b@example.org"] = [passed_on]
+    success = {"NOTIFY": "SUCCESS", "ORCPT": "rfc822;a@example.net"}
+    h.enqueue(
+        "alice@example.test",
+        ["a@example.net", "b@example.org"],
+        params={"ENVID": "E1"},
+        rcpt_params={"a@example.net": success, "b@example.org": {"NOTIFY": "SUCCESS"}},
+    )
+    h.clock.advance(0)
+    ((mail_from, rcpts, report),) = h.local
+    assert (mail_from, rcpts) == ("", ["alice@example.test"])
+    parsed = email.message_from_bytes(report, policy=email.policy.default)
+    assert parsed["Subject"] == "Successful Mail Delivery Report (relayed)"
+    per_message, per_rcpt = parsed.get_payload()[1].get_payload()
+    assert per_message["Original-Envelope-Id"] == "E1"
+    assert dict(per_rcpt.items()) == {
+        "Original-Recipient": "rfc822; a@example.net",
+        "Final-Recipient": "rfc822; a@example.net",
+        "Action": "relayed",
+        "Status": "2.0.0",
+        "Remote-MTA": "dns; mx.example.net",
+        "Diagnostic-Code": "smtp; 250 2.0.0 ok",
+        "Last-Attempt-Date": email.utils.formatdate(h.clock.seconds()),
+    }
+    assert h.spool.ids() == []
