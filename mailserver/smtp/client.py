@@ -197,6 +197,9 @@ class ClientSession:
         self._expect: deque[tuple[_Step, str]] = deque([(_Step.GREETING, "")])
         self._queued: deque[tuple[str, _Step, str]] = deque()  # without PIPELINING
         self._accepted: list[str] = []
+        # This transaction's recipients, and those the server had no room for (452).
+        self._batch: tuple[OutboundRecipient, ...] = message.recipients
+        self._too_many: list[tuple[OutboundRecipient, Reply]] = []
         self._done = False
         self._aborted = False  # no more transaction: only the DATA cleanup and QUIT left
         self._quit_sent = False
@@ -420,7 +423,7 @@ class ClientSession:
         if dsn and message.envid:
             mail += f" ENVID={message.envid}"
         commands = [(mail, _Step.MAIL, "")]
-        for rcpt in message.recipients:
+        for rcpt in self._batch:
             command = f"RCPT TO:<{rcpt.address}>"
             if dsn and rcpt.notify:
                 command += " NOTIFY=" + ",".join(rcpt.notify)
@@ -454,6 +457,11 @@ class ClientSession:
     def _on_rcpt(self, address: str, reply: Reply) -> None:
         if reply.code in (250, 251):
             self._accepted.append(address)
+        elif reply.code == 452:
+            # RFC 5321 §4.5.3.1.10: too many recipients for one transaction; they go
+            # in the next one, on this connection.
+            rcpt = next(r for r in self._batch if r.address == address)
+            self._too_many.append((rcpt, reply))
         else:
             result = Result.PERMANENT if reply.permanent else Result.TEMPORARY
             self._settle(address, result, reply)
@@ -484,6 +492,13 @@ class ClientSession:
             if reply.code == 250:
                 for address in self._accepted:
                     self._settle(address, Result.DELIVERED, reply)
+                if self._too_many:
+                    # The server took some of them: the rest in a new transaction.
+                    self._batch = tuple(rcpt for rcpt, _ in self._too_many)
+                    self._too_many = []
+                    self._accepted = []
+                    self._transaction()
+                    return
             else:
                 self._settle_many(self._accepted, reply)
         self._quit_now()
@@ -526,6 +541,9 @@ class ClientSession:
 
     def _quit_now(self) -> None:
         self._aborted = True
+        for rcpt, reply in self._too_many:  # no further transaction: later, then
+            self._settle(rcpt.address, Result.TEMPORARY, reply)
+        self._too_many = []
         if not self._quit_sent:
             self._quit_sent = True
             self._send("QUIT", _Step.QUIT)

@@ -401,3 +401,47 @@ def test_tls_failed_only_when_the_connection_ends_before_a_reply_inside_tls() ->
     c.feed(b"220 hi\r\n")
     c.session.connection_lost("reset")
     assert not c.session.outcome.tls_failed
+
+
+def test_452_too_many_recipients_go_in_the_next_transaction() -> None:
+    """RFC 5321 §4.5.3.1.10: the recipients refused with 452 are sent in a new
+    transaction on the same connection, once the first one is through."""
+    rcpts = ("a@example.net", "b@example.net", "c@example.net")
+    c = new(message(b"x\r\n", *rcpts), tls=TLSPolicy.NEVER)
+    c.feed(b"220 hi\r\n")
+    assert c.feed(EHLO_PIPE) == (
+        b"MAIL FROM:<s@example.test> SIZE=3\r\nRCPT TO:<a@example.net>\r\n"
+        b"RCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n"
+    )
+    assert c.feed(b"250 ok\r\n250 ok\r\n452 4.5.3 too many\r\n452 4.5.3 too many\r\n354 go\r\n")
+    assert c.feed(b"250 2.0.0 first\r\n") == (
+        b"MAIL FROM:<s@example.test> SIZE=3\r\nRCPT TO:<b@example.net>\r\n"
+        b"RCPT TO:<c@example.net>\r\nDATA\r\n"
+    )
+    assert c.feed(b"250 ok\r\n250 ok\r\n452 4.5.3 too many\r\n354 go\r\n") == b"x\r\n.\r\n"
+    assert c.feed(b"250 2.0.0 second\r\n") == (
+        b"MAIL FROM:<s@example.test> SIZE=3\r\nRCPT TO:<c@example.net>\r\nDATA\r\n"
+    )
+    # Nothing accepted in a transaction: no loop, the rest waits for a later attempt.
+    assert c.feed(b"250 ok\r\n452 4.5.3 too many\r\n554 5.5.1 no valid recipients\r\n") == (
+        b"QUIT\r\n"
+    )
+    r = c.session.outcome.recipients
+    assert [r[a].result for a in rcpts] == [Result.DELIVERED, Result.DELIVERED, Result.TEMPORARY]
+    assert (r["a@example.net"].reply.text, r["b@example.net"].reply.text) == ("first", "second")
+    assert r["c@example.net"].reply.enhanced == "4.5.3"
+
+
+def test_452_without_pipelining_and_a_failed_first_transaction() -> None:
+    c = new(message(b"x\r\n", "a@example.net", "b@example.net"), tls=TLSPolicy.NEVER)
+    c.feed(b"220 hi\r\n")
+    c.feed(EHLO_PLAIN)
+    assert c.feed(b"250 ok\r\n") == b"RCPT TO:<a@example.net>\r\n"
+    assert c.feed(b"250 ok\r\n") == b"RCPT TO:<b@example.net>\r\n"
+    assert c.feed(b"452 4.5.3 too many\r\n") == b"DATA\r\n"
+    assert c.feed(b"354 go\r\n") == b"x\r\n.\r\n"
+    assert c.feed(b"451 4.3.0 disk trouble\r\n") == b"QUIT\r\n"
+    r = c.session.outcome.recipients
+    assert r["a@example.net"].reply.enhanced == "4.3.0"
+    assert r["b@example.net"].reply.enhanced == "4.5.3"
+    assert r["b@example.net"].result is Result.TEMPORARY
