@@ -3,7 +3,7 @@
 The CLI and a running server share the spool. Reading (list, show) is always safe: state
 files are replaced by rename, never rewritten in place. Changes go through the spool's
 lock: when no server holds it, the CLI takes it and acts on the files itself; when a
-server runs, the CLI leaves a request in ctl/ and wakes the server (SIGUSR1 to the pid
+server runs, the CLI leaves a request in ctl/ and wakes the server (SIGUSR2 to the pid
 in the lock file), which carries it out at once; if the signal cannot be sent, at its
 next scan ([queue] scan_interval) at the latest.
 """

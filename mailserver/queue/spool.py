@@ -7,7 +7,7 @@ Layout under the spool directory::
     state/ID      the envelope and per-recipient state (JSON); its presence *is* the entry
     ctl/          requests from ``mailserver queue`` to a running server
     lock          held (flock) by the process that runs the queue; holds its pid, so
-                  the command can wake it (SIGUSR1) to read ctl/ at once
+                  the command can wake it (SIGUSR2) to read ctl/ at once
 
 A message is committed in this order: data written to tmp/, fsynced, renamed into
 data/, data/ fsynced; then the state likewise into state/. A crash before the state's
@@ -34,8 +34,9 @@ from mailserver.store.durable import DirectorySyncer, write_synced
 ID_RE = re.compile(r"^[0-9A-Za-z]{8,64}$")
 FORMAT = 1
 
-# The signal that tells a running queue to read its requests now.
-WAKE_SIGNAL = signal.SIGUSR1
+# The signal that tells a running queue to read its requests now. Not SIGUSR1: twistd
+# rotates its log file on that one (SIGUSR2 is twistd's only with --debug).
+WAKE_SIGNAL = signal.SIGUSR2
 
 # Recipient states.
 PENDING = "pending"  # not delivered yet: tried again at next_attempt
