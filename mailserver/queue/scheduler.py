@@ -248,9 +248,15 @@ class Scheduler:
             if entry.id not in self._busy and entry.pending() and entry.next_attempt <= now:
                 self._busy.add(entry.id)
                 d = defer.ensureDeferred(self._attempt(entry))
-                d.addErrback(lambda f, e=entry: log.failure("queue {id} attempt", f, id=e.id))
+                d.addErrback(self._attempt_failed, entry)
                 d.addBoth(self._attempt_done, entry)
         self._wake()
+
+    def _attempt_failed(self, failure: Any, entry: Entry) -> None:
+        """An attempt broke (a spool file unreadable, a bug): log it and wait as after a
+        failed delivery, rather than trying again at once, in a loop."""
+        log.failure("queue {id} attempt", failure, id=entry.id)
+        entry.next_attempt = self.clock.seconds() + self.policy.backoff(entry.attempts + 1)
 
     def _attempt_done(self, _: Any, entry: Entry) -> None:
         self._busy.discard(entry.id)

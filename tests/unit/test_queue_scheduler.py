@@ -564,3 +564,22 @@ def test_notify_success_relayed_or_passed_on(h: Harness) -> None:
         "Last-Attempt-Date": email.utils.formatdate(h.clock.seconds()),
     }
     assert h.spool.ids() == []
+
+
+def test_a_broken_attempt_waits_instead_of_looping(h: Harness) -> None:
+    h.transport.hold = True
+    queue_id = h.enqueue("s@example.test", ["a@example.net"])
+    os.unlink(os.path.join(h.spool.data, queue_id))  # removed behind the queue's back
+    errors: list[Any] = []
+    observer = errors.append
+    globalLogPublisher.addObserver(observer)
+    try:
+        h.clock.advance(0)
+        h.clock.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    failures = [e for e in errors if "log_failure" in e]
+    assert len(failures) == 1 and failures[0]["log_failure"].check(FileNotFoundError)
+    entry = h.scheduler.entries[queue_id]
+    assert entry.next_attempt == h.clock.seconds() + 300
+    assert h.transport.calls == []
