@@ -162,7 +162,8 @@ class QueueConfig:
     max_lifetime: float = 5 * 86400.0
     # A delay notice (RFC 3464 Action: delayed) after this many seconds; 0: never.
     delay_warning: float = 4 * 3600.0
-    # How often the spool is scanned for requests from `mailserver queue`.
+    # How often the spool is scanned for requests from `mailserver queue` (which also
+    # wakes the server with SIGUSR2, so this is the fallback).
     scan_interval: float = 60.0
     # Concurrent SMTP connections, in all and per destination domain.
     max_deliveries: int = 20
