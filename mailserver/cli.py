@@ -18,6 +18,7 @@ from mailserver.accounts import (
 from mailserver.config import ConfigError, load
 from mailserver.names import BadName, normalize_address
 from mailserver.queue import cli as queue_cli
+from mailserver.queue.service import check_queue_files
 from mailserver.service import check_tls_files
 from mailserver.trace import TRACE_FILE, follow_file
 
@@ -71,6 +72,7 @@ def check_config(path: str) -> int:
     config = load(path)
     check_passwd_file(config)
     check_tls_files(config)
+    check_queue_files(config)
     print(f"{path}: OK")
     return 0
 

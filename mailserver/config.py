@@ -143,6 +143,9 @@ class QueueConfig:
     # A smarthost "host:port" that takes all outbound mail, with STARTTLS and a verified
     # certificate required; empty means delivery to the MX hosts of each domain.
     relay_host: str = ""
+    # "starttls" (RFC 3207, port 587) or "implicit" (RFC 8314 §3.3, TLS from the first
+    # byte, port 465); empty: implicit on port 465, STARTTLS on any other port.
+    relay_tls: str = ""
     relay_username: str = ""
     relay_password: str = ""
     # Or the password in a file (first line) that only the service may read (mode 0600).
@@ -164,7 +167,8 @@ class QueueConfig:
     max_lifetime: float = 5 * 86400.0
     # A delay notice (RFC 3464 Action: delayed) after this many seconds; 0: never.
     delay_warning: float = 4 * 3600.0
-    # How often the spool is scanned for requests from `mailserver queue`.
+    # How often the spool is scanned for requests from `mailserver queue` (which also
+    # wakes the server with SIGUSR2, so this is the fallback).
     scan_interval: float = 60.0
     # Concurrent SMTP connections, in all and per destination domain.
     max_deliveries: int = 20
@@ -369,6 +373,10 @@ def _check_queue(path: str, queue: QueueConfig) -> None:
         host, _, port = queue.relay_host.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"{path}: [queue] relay_host: expected host:port")
+    if queue.relay_tls not in ("", "starttls", "implicit"):
+        raise ConfigError(
+            f"{path}: [queue] relay_tls: expected starttls or implicit, got {queue.relay_tls!r}"
+        )
     if queue.relay_password and queue.relay_password_file:
         raise ConfigError(f"{path}: [queue] relay_password_file: give it or relay_password")
     if queue.min_backoff > queue.max_backoff:

@@ -10,6 +10,7 @@ from twisted.python import usage
 
 from mailserver.accounts import check_passwd_file
 from mailserver.config import Config, ConfigError, load
+from mailserver.queue.service import check_queue_files
 from mailserver.service import MailServer, check_tls_files
 
 DEFAULT_CONFIG = "etc/mailserver.toml"
@@ -33,6 +34,7 @@ class Options(usage.Options):
             config = load(path)
             check_passwd_file(config)
             check_tls_files(config)
+            check_queue_files(config)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         if self["trace"]:

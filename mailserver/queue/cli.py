@@ -3,14 +3,16 @@
 The CLI and a running server share the spool. Reading (list, show) is always safe: state
 files are replaced by rename, never rewritten in place. Changes go through the spool's
 lock: when no server holds it, the CLI takes it and acts on the files itself; when a
-server runs, the CLI leaves a request in ctl/ that the server carries out at its next
-scan ([queue] scan_interval).
+server runs, the CLI leaves a request in ctl/ and wakes the server (SIGUSR2 to the pid
+in the lock file), which carries it out at once; if the signal cannot be sent, at its
+next scan ([queue] scan_interval) at the latest.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import sys
 import time
 
 from mailserver.config import load
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     spool = Spool(spool_dir(config))
     command = args.queue_command
     if getattr(args, "id", None) is not None and not ID_RE.match(args.id):
-        print(f"mailserver: bad queue id {args.id!r}")
+        print(f"mailserver: bad queue id {args.id!r}", file=sys.stderr)
         return 1
     if command == "list":
         return _list(spool)
@@ -47,13 +49,19 @@ def run(args: argparse.Namespace) -> int:
         return _show(spool, args.id)
     queue_id = getattr(args, "id", "")
     if queue_id and queue_id not in spool.ids():
-        print(f"mailserver: no queued message {queue_id}")
+        print(f"mailserver: no queued message {queue_id}", file=sys.stderr)
         return 1
     try:
         spool.lock()
     except SpoolBusy:
         spool.request(command, queue_id)
-        print(f"{command} requested; the running server acts on it within a scan interval")
+        if spool.wake():
+            print(f"{command} {queue_id or 'all'}: handed to the running server")
+        else:
+            print(
+                f"{command} {queue_id or 'all'}: requested; the running server cannot be "
+                "signalled and acts on it at its next scan ([queue] scan_interval)"
+            )
         return 0
     try:
         _act(spool, command, queue_id)
@@ -102,7 +110,7 @@ def _show(spool: Spool, queue_id: str) -> int:
     try:
         entry = spool.load(queue_id)
     except FileNotFoundError:
-        print(f"mailserver: no queued message {queue_id}")
+        print(f"mailserver: no queued message {queue_id}", file=sys.stderr)
         return 1
     print(f"id:           {entry.id}")
     print(f"from:         <{entry.mail_from}>")

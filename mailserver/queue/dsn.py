@@ -129,7 +129,7 @@ def build_report(
         "",
     ]
     for r in recipients:
-        text.append(f"<{r.address}>: {r.diagnostic or r.status}")
+        text.append(f"<{r.address}>: {_ascii(r.diagnostic) or r.status}")
     text.append("")
     # RFC 3464 §2.2: the per-message fields, then one block per recipient (§2.3).
     status = [f"--{boundary}", "Content-Type: message/delivery-status", ""]
@@ -146,9 +146,9 @@ def build_report(
         status.append(f"Action: {r.action}")
         status.append(f"Status: {r.status}")
         if r.remote_mta:
-            status.append(f"Remote-MTA: dns; {r.remote_mta}")
+            status.append(f"Remote-MTA: dns; {_ascii(r.remote_mta)}")
         if r.diagnostic:
-            status.append(f"Diagnostic-Code: smtp; {r.diagnostic}")
+            status.append(f"Diagnostic-Code: smtp; {_ascii(r.diagnostic)}")
         if r.last_attempt:
             status.append(f"Last-Attempt-Date: {email.utils.formatdate(r.last_attempt)}")
         if r.will_retry_until:
@@ -162,8 +162,16 @@ def build_report(
         body = _crlf(original_header(original))
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
+    # RFC 2046 §5.1.1: the CRLF before a boundary belongs to the boundary; one more, so
+    # the returned message keeps its own last line end.
+    body += b"\r\n"
     head = "\r\n".join(header + text + status + returned).encode("utf-8")
     return head + body + f"--{boundary}--\r\n".encode("ascii")
+
+
+def _ascii(text: str) -> str:
+    """RFC 3464 §2.1.3: the status fields are US-ASCII (a remote's reply may not be)."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)
 
 
 def _crlf(data: bytes) -> bytes:

@@ -1,10 +1,12 @@
 """Where mail for a domain goes: MX lookup (RFC 5321 §5.1, RFC 7505) with dnspython.
 
-dnspython's resolver blocks, so each lookup runs in the reactor's thread pool
-(``deferToThread``). We chose that over ``twisted.names.client``: dnspython follows CNAMEs,
-tells NXDOMAIN from "no records" from "server failure" cleanly, does EDNS and TCP
-fallback, and reads resolv.conf when no nameserver is configured; a delivery makes a
-handful of lookups, so a thread each costs nothing that matters.
+dnspython's resolver blocks, so each lookup runs in a thread. We chose that over
+``twisted.names.client``: dnspython follows CNAMEs, tells NXDOMAIN from "no records" from
+"server failure" cleanly, does EDNS and TCP fallback, and reads resolv.conf when no
+nameserver is configured; a delivery makes a handful of lookups, so a thread each costs
+nothing that matters. The threads are the resolver's own pool, not the reactor's: a
+nameserver that never answers holds lookups for up to the DNS timeout, and must not
+hold the threads that local deliveries and the spool fsync in.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import random
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dns.exception
 import dns.name
 import dns.nameserver
 import dns.resolver
 from twisted.internet import defer, threads
+from twisted.python.threadpool import ThreadPool
 
 from mailserver.smtp.reply import Reply
 
@@ -57,7 +61,20 @@ def parse_nameserver(text: str) -> tuple[str, int]:
 class MXResolver:
     """Resolves a domain to its mail hosts, in the order to try them."""
 
-    def __init__(self, nameservers: Sequence[str] = (), timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        nameservers: Sequence[str] = (),
+        timeout: float = 10.0,
+        threads: int = 10,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
+        self.threads = threads
+        self.pool: ThreadPool | None = None  # started at the first lookup
         if nameservers:
             self.resolver = dns.resolver.Resolver(configure=False)
             self.resolver.nameservers = [
@@ -67,9 +84,21 @@ class MXResolver:
             self.resolver = dns.resolver.Resolver()
         self.resolver.lifetime = timeout
 
+    def stop(self) -> None:
+        """Let the lookups under way finish (each within the DNS timeout), end the threads."""
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            pool.stop()
+
+    def _in_thread(self, function: Any, *args: Any) -> defer.Deferred[Any]:
+        if self.pool is None:
+            self.pool = ThreadPool(minthreads=0, maxthreads=self.threads, name="mailserver-dns")
+            self.pool.start()
+        return threads.deferToThreadPool(self.reactor, self.pool, function, *args)
+
     def route(self, domain: str) -> defer.Deferred[list[MXHost]]:
         """The hosts to try, best first; fails with RouteError."""
-        return threads.deferToThread(self.route_blocking, domain)
+        return self._in_thread(self.route_blocking, domain)
 
     def route_blocking(self, domain: str) -> list[MXHost]:
         if domain.startswith("[") and domain.endswith("]"):
@@ -116,7 +145,7 @@ class MXResolver:
         """The addresses of a configured host (the smarthost) through the system's
         resolver, in a thread: unlike MX routing, an admin's host name may live in
         /etc/hosts (``localhost``, a name on the LAN)."""
-        return threads.deferToThread(system_addresses, name)
+        return self._in_thread(system_addresses, name)
 
     def addresses(self, name: str) -> tuple[str, ...]:
         """IPv6 then IPv4 addresses of a host; empty when it has none."""

@@ -14,6 +14,8 @@ found again and the report is not queued twice.
 
 from __future__ import annotations
 
+import datetime
+import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +35,13 @@ LocalDeliver = Callable[[str, Sequence[str], Sequence[bytes], str], "defer.Defer
 RunBlocking = Callable[..., "defer.Deferred[Any]"]
 
 _NOTIFY = {"NEVER", "SUCCESS", "FAILURE", "DELAY"}
+# Envelope values go into SMTP commands: no controls, no spaces (RFC 5321 §4.1.2).
+_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+
+
+def format_time(seconds: float) -> str:
+    """A time for the log: UTC, to the second."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 class Transport(Protocol):
@@ -154,6 +163,11 @@ class Scheduler:
     ) -> str:
         if not recipients:
             raise ValueError("no recipients")
+        for value in [mail_from, *recipients, params.get("ENVID") or ""] + [
+            p.get("ORCPT") or "" for p in rcpt_params.values()
+        ]:
+            if _UNSAFE.search(value):
+                raise ValueError(f"control character or space in {value!r}")
         ret = params.get("RET")
         if ret is not None and ret.upper() not in ("FULL", "HDRS"):
             raise ValueError(f"bad RET {ret!r}")  # RFC 3461 §4.3
@@ -234,9 +248,15 @@ class Scheduler:
             if entry.id not in self._busy and entry.pending() and entry.next_attempt <= now:
                 self._busy.add(entry.id)
                 d = defer.ensureDeferred(self._attempt(entry))
-                d.addErrback(lambda f, e=entry: log.failure("queue {id} attempt", f, id=e.id))
+                d.addErrback(self._attempt_failed, entry)
                 d.addBoth(self._attempt_done, entry)
         self._wake()
+
+    def _attempt_failed(self, failure: Any, entry: Entry) -> None:
+        """An attempt broke (a spool file unreadable, a bug): log it and wait as after a
+        failed delivery, rather than trying again at once, in a loop."""
+        log.failure("queue {id} attempt", failure, id=entry.id)
+        entry.next_attempt = self.clock.seconds() + self.policy.backoff(entry.attempts + 1)
 
     def _attempt_done(self, _: Any, entry: Entry) -> None:
         self._busy.discard(entry.id)
@@ -259,17 +279,23 @@ class Scheduler:
             ret=entry.ret,
             envid=entry.envid,
         )
-        outcomes = await defer.gatherResults(
-            [
-                self._deliver_group(domain, rcpts, message, entry.id)
-                for domain, rcpts in groups.items()
-            ],
+        saving = defer.DeferredLock()
+        tried: list[RecipientState] = []
+
+        async def one_domain(domain: str, rcpts: list[RecipientState]) -> None:
+            results = await self._deliver_group(domain, rcpts, message, entry.id)
+            now = self.clock.seconds()
+            for address, delivery in results.items():
+                tried.extend(self._record(entry, address, delivery, now))
+            # Saved as soon as this domain is done: what it settled is not tried again
+            # after a crash, however long the message's other domains take.
+            await saving.run(self.run_blocking, self.spool.save, entry)
+
+        await defer.gatherResults(
+            [defer.ensureDeferred(one_domain(d, r)) for d, r in groups.items()],
             consumeErrors=True,
         )
         now = self.clock.seconds()
-        for results in outcomes:
-            for address, delivery in results.items():
-                self._record(entry, address, delivery, now)
         entry.attempts += 1
         pending = entry.pending()
         if pending and now - entry.created >= self.policy.max_lifetime:
@@ -281,13 +307,28 @@ class Scheduler:
                 rcpt.reported = not self._wants(entry, rcpt, dsn.FAILED)
         elif pending:
             entry.next_attempt = now + self.policy.backoff(entry.attempts)
-            log.info(
-                "queue {id}: {count} recipients deferred, next try in {delay:.0f}s",
-                id=entry.id,
-                count=len(pending),
-                delay=entry.next_attempt - now,
-            )
+        for rcpt in tried:
+            self._log_attempt(entry, rcpt, now)
         await self._finish(entry, chunks)
+
+    def _log_attempt(self, entry: Entry, rcpt: RecipientState, now: float) -> None:
+        """One line per recipient and attempt: where it went, what was said, what next."""
+        if rcpt.status == PENDING:
+            delay = entry.next_attempt - now
+            outcome = f"deferred, next try {format_time(entry.next_attempt)} (in {delay:.0f}s)"
+        elif rcpt.status == FAILED:
+            outcome = "expired, bounced" if rcpt.status_code == "4.4.7" else "failed, bounced"
+        else:
+            outcome = "delivered"
+        log.info(
+            "queue {id} to <{rcpt}> via {remote}: {reply}; attempt {attempt}: {outcome}",
+            id=entry.id,
+            rcpt=rcpt.address,
+            remote=rcpt.remote or "no connection",
+            reply=rcpt.diagnostic,
+            attempt=entry.attempts,
+            outcome=outcome,
+        )
 
     def _deliver_group(
         self,
@@ -325,10 +366,15 @@ class Scheduler:
         d.addBoth(release)
         return d
 
-    def _record(self, entry: Entry, address: str, delivery: Delivery, now: float) -> None:
+    def _record(
+        self, entry: Entry, address: str, delivery: Delivery, now: float
+    ) -> list[RecipientState]:
+        """Note what became of ``address``; returns its pending states it settled."""
+        recorded = []
         for rcpt in entry.recipients:
             if rcpt.address != address or rcpt.status != PENDING:
                 continue
+            recorded.append(rcpt)
             reply = delivery.reply
             rcpt.last_attempt = now
             rcpt.diagnostic = describe(reply)
@@ -341,6 +387,7 @@ class Scheduler:
             elif delivery.result is Result.PERMANENT:
                 rcpt.status = FAILED
                 rcpt.reported = not self._wants(entry, rcpt, dsn.FAILED)
+        return recorded
 
     def _wants(self, entry: Entry, rcpt: RecipientState, action: str) -> bool:
         # RFC 3464 §2 / RFC 5321 §4.5.5: never a report about a report (null sender).

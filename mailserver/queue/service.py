@@ -8,7 +8,9 @@ to the server's MultiService, and hand messages for remote recipients to
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +22,7 @@ from twisted.logger import Logger
 from mailserver.config import Config, ConfigError
 from mailserver.queue.mx import MXResolver
 from mailserver.queue.scheduler import LocalDeliver, Policy, Scheduler, Transport
-from mailserver.queue.spool import Spool
+from mailserver.queue.spool import WAKE_SIGNAL, Spool
 from mailserver.queue.transport import SMTPTransport, TransportSettings
 from mailserver.smtp.client import ClientTimeouts, TLSPolicy
 from mailserver.trace import Tracer
@@ -73,7 +75,22 @@ def trust_root(config: Config) -> Any:
         ) from None
     marker = b"-----END CERTIFICATE-----"
     blocks = [b + marker for b in pem.split(marker) if b.strip()]
-    return trustRootFromCertificates([Certificate.loadPEM(b) for b in blocks])
+    try:
+        certificates = [Certificate.loadPEM(b) for b in blocks]
+    except Exception as e:  # OpenSSL's errors have no common base worth naming
+        raise ConfigError(
+            f"{config.path}: [queue] tls_ca_file: {path} is not PEM certificates: {e}"
+        ) from None
+    if not certificates:
+        raise ConfigError(f"{config.path}: [queue] tls_ca_file: no certificate in {path}")
+    return trustRootFromCertificates(certificates)
+
+
+def check_queue_files(config: Config) -> None:
+    """At start-up and in check-config: the smarthost password file and the CA file
+    are readable and safe (ConfigError names the key)."""
+    relay_credentials(config)
+    trust_root(config)
 
 
 def transport_settings(config: Config) -> TransportSettings:
@@ -93,6 +110,8 @@ def transport_settings(config: Config) -> TransportSettings:
         verify_mx=queue.mx_tls == "verify",
         relay_host=relay_host,
         relay_port=relay_port,
+        relay_implicit_tls=queue.relay_tls == "implicit"
+        or (not queue.relay_tls and relay_port == 465),
         credentials=relay_credentials(config),
         trust_root=trust_root(config),
         connect_timeout=queue.connect_timeout,
@@ -128,9 +147,13 @@ class QueueService(Service):
         self.reactor = reactor
         self.spool = Spool(spool_dir(config))
         queue = config.queue
+        self.resolver: MXResolver | None = None
         if transport is None:
-            resolver = MXResolver(queue.nameservers, queue.dns_timeout)
-            transport = SMTPTransport(reactor, transport_settings(config), resolver, tracer)
+            # One lookup at a time per delivery at most: as many threads as deliveries.
+            self.resolver = MXResolver(
+                queue.nameservers, queue.dns_timeout, queue.max_deliveries, reactor
+            )
+            transport = SMTPTransport(reactor, transport_settings(config), self.resolver, tracer)
         policy = Policy(
             hostname=config.server.hostname,
             local_domains=tuple(d.lower() for d in config.domains.local),
@@ -146,6 +169,8 @@ class QueueService(Service):
             self.spool, transport, policy, local_deliver, reactor, self._blocking
         )
         self.started: defer.Deferred[None] = defer.Deferred()
+        self._signal_installed = False
+        self._previous_handler: Any = signal.SIG_DFL
 
     def _blocking(self, function: Any, *args: Any) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(
@@ -157,14 +182,35 @@ class QueueService(Service):
         server is running), then recover and schedule what it holds."""
         super().startService()
         self.spool.lock()
+        if threading.current_thread() is threading.main_thread():
+            # `mailserver queue flush|retry|delete` wakes us to read its request now.
+            self._previous_handler = signal.signal(
+                WAKE_SIGNAL, lambda *_: self.reactor.callFromThread(self._requested)
+            )
+            self._signal_installed = True
         d = defer.ensureDeferred(self.scheduler.start())
         d.addErrback(lambda f: log.failure("queue: start-up failed", f))
         d.chainDeferred(self.started)
 
+    def _requested(self) -> None:
+        if not self.running:
+            return
+        if not self.started.called:
+            # Still loading the spool: read the request once it is loaded.
+            self.started.addCallback(lambda result: (self._requested(), result)[1])
+            return
+        d = defer.ensureDeferred(self.scheduler.scan())
+        d.addErrback(lambda f: log.failure("queue: reading requests", f))
+
     def stopService(self) -> None:
         super().stopService()
+        if self._signal_installed:
+            signal.signal(WAKE_SIGNAL, self._previous_handler or signal.SIG_DFL)
+            self._signal_installed = False
         self.scheduler.stop()
         self.spool.unlock()
+        if self.resolver is not None:
+            self.resolver.stop()
 
     def enqueue(
         self,

@@ -6,7 +6,8 @@ Layout under the spool directory::
     data/ID       the message, exactly as accepted
     state/ID      the envelope and per-recipient state (JSON); its presence *is* the entry
     ctl/          requests from ``mailserver queue`` to a running server
-    lock          held (flock) by the process that runs the queue
+    lock          held (flock) by the process that runs the queue; holds its pid, so
+                  the command can wake it (SIGUSR2) to read ctl/ at once
 
 A message is committed in this order: data written to tmp/, fsynced, renamed into
 data/, data/ fsynced; then the state likewise into state/. A crash before the state's
@@ -23,6 +24,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -31,6 +33,10 @@ from mailserver.store.durable import DirectorySyncer, write_synced
 
 ID_RE = re.compile(r"^[0-9A-Za-z]{8,64}$")
 FORMAT = 1
+
+# The signal that tells a running queue to read its requests now. Not SIGUSR1: twistd
+# rotates its log file on that one (SIGUSR2 is twistd's only with --debug).
+WAKE_SIGNAL = signal.SIGUSR2
 
 # Recipient states.
 PENDING = "pending"  # not delivered yet: tried again at next_attempt
@@ -121,6 +127,8 @@ class Spool:
         except BlockingIOError:
             os.close(fd)
             raise SpoolBusy(self.root) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
     def unlock(self) -> None:
@@ -187,30 +195,40 @@ class Spool:
 
     # Requests from the command line -----------------------------------------------------
     def request(self, action: str, queue_id: str = "") -> None:
-        """Ask the running queue to ``flush``, ``retry`` or ``delete`` (picked up at its
-        next scan)."""
-        name = f"{action}.{queue_id or 'all'}.{secrets.token_hex(4)}"
+        """Ask the running queue to ``flush``, ``retry`` or ``delete``. The name starts
+        with the time in nanoseconds, so requests are carried out in the order made."""
+        name = f"{time.time_ns():020d}.{action}.{queue_id or 'all'}.{secrets.token_hex(4)}"
         tmp = os.path.join(self.ctl, f".{name}")  # not tmp/: a starting server empties it
         write_synced(tmp, [b""])
         os.rename(tmp, os.path.join(self.ctl, name))
 
+    def wake(self) -> bool:
+        """Signal the process that holds the lock to read its requests now; False when
+        that cannot be done (it then reads them at its next scan)."""
+        try:
+            with open(os.path.join(self.root, "lock"), "rb") as f:
+                pid = int(f.read().strip() or b"0")
+            if pid <= 0:
+                return False
+            os.kill(pid, WAKE_SIGNAL)
+        except (OSError, ValueError):
+            return False
+        return True
+
     def take_requests(self) -> list[tuple[str, str]]:
         """The pending requests as (action, id or "all"), oldest first; removes them."""
         found = []
-        names = [n for n in os.listdir(self.ctl) if not n.startswith(".")]
-        for name in sorted(names, key=self._mtime):
-            action, _, rest = name.partition(".")
-            queue_id = rest.partition(".")[0]
+        for name in sorted(n for n in os.listdir(self.ctl) if not n.startswith(".")):
             try:
                 os.unlink(os.path.join(self.ctl, name))
             except FileNotFoundError:
+                continue  # another scan took it
+            parts = name.split(".")
+            if len(parts) != 4:
                 continue
-            if action in ("flush", "retry", "delete"):
+            _, action, queue_id, _ = parts
+            if action in ("flush", "retry", "delete") and (
+                queue_id == "all" or ID_RE.match(queue_id)
+            ):
                 found.append((action, queue_id))
         return found
-
-    def _mtime(self, name: str) -> float:
-        try:
-            return os.stat(os.path.join(self.ctl, name)).st_mtime
-        except FileNotFoundError:
-            return 0.0

@@ -20,6 +20,7 @@ from mailserver.smtp.client import (
     ClientSession,
     ClientTimeouts,
     OutboundMessage,
+    Outcome,
     Result,
     TLSPolicy,
     describe,
@@ -52,6 +53,7 @@ class TransportSettings:
     verify_mx: bool = False
     relay_host: str = ""  # "name" when all mail goes to a smarthost
     relay_port: int = 587
+    relay_implicit_tls: bool = False  # RFC 8314 §3.3: TLS at connect (port 465)
     credentials: tuple[str, str] | None = None
     trust_root: Any = None  # a twisted IOpenSSLTrustRoot; None: the platform's
     connect_timeout: float = 30.0
@@ -95,24 +97,20 @@ class SMTPTransport:
         tries = [(host, address) for host in hosts for address in host.addresses][:MAX_TRIES]
         for host, address in tries:
             remote = f"{host.name} [{address}]"
-            relay = bool(settings.relay_host)
-            session = ClientSession(
-                settings.hostname,
-                message,
-                tls=TLSPolicy.REQUIRED if relay else settings.mx_tls,
-                credentials=settings.credentials if relay else None,
-                timeouts=settings.timeouts,
-            )
-            port = settings.relay_port if relay else settings.port
-            outcome = await deliver(
-                self.reactor,
-                address,
-                port,
-                session,
-                self._tls_options(host.name),
-                settings.connect_timeout,
-                self.tracer.connection("OUT", queue_id) if self.tracer else None,
-            )
+            outcome = await self._session(host, address, message, queue_id, settings.mx_tls)
+            if (
+                outcome.tls_failed
+                and not settings.relay_host
+                and settings.mx_tls is (TLSPolicy.OPPORTUNISTIC)
+            ):
+                # RFC 7435 §3: opportunistic TLS must not make mail undeliverable; after
+                # a failed handshake the same host is tried again without TLS.
+                log.info(
+                    "queue {id}: TLS with {remote} failed, trying it without TLS",
+                    id=queue_id,
+                    remote=remote,
+                )
+                outcome = await self._session(host, address, message, queue_id, TLSPolicy.NEVER)
             still_open = []
             for rcpt in message.recipients:
                 got = outcome.recipients[rcpt.address]
@@ -133,6 +131,37 @@ class SMTPTransport:
                 break
             message = dataclasses.replace(message, recipients=tuple(still_open))
         return results
+
+    async def _session(
+        self,
+        host: MXHost,
+        address: str,
+        message: OutboundMessage,
+        queue_id: str,
+        mx_tls: TLSPolicy,
+    ) -> Outcome:
+        """One connection to one address of a host, delivering ``message``."""
+        settings = self.settings
+        relay = bool(settings.relay_host)
+        implicit = relay and settings.relay_implicit_tls
+        session = ClientSession(
+            settings.hostname,
+            message,
+            tls=TLSPolicy.REQUIRED if relay else mx_tls,
+            credentials=settings.credentials if relay else None,
+            timeouts=settings.timeouts,
+            implicit_tls=implicit,
+        )
+        return await deliver(
+            self.reactor,
+            address,
+            settings.relay_port if relay else settings.port,
+            session,
+            self._tls_options(host.name),
+            settings.connect_timeout,
+            self.tracer.connection("OUT", queue_id) if self.tracer else None,
+            implicit_tls=implicit,
+        )
 
     async def _hosts(self, domain: str) -> list[MXHost]:
         relay = self.settings.relay_host

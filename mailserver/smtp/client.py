@@ -97,6 +97,9 @@ class Outcome:
     recipients: dict[str, RecipientOutcome] = field(default_factory=dict)
     dsn_supported: bool = False  # the server took the DSN parameters (RFC 3461 §4)
     tls: bool = False
+    # The connection ended after STARTTLS (or with implicit TLS) before the server
+    # answered inside TLS: most likely the handshake failed.
+    tls_failed: bool = False
 
 
 class DotStuffer:
@@ -177,23 +180,33 @@ class ClientSession:
         tls: TLSPolicy = TLSPolicy.OPPORTUNISTIC,
         credentials: tuple[str, str] | None = None,
         timeouts: ClientTimeouts | None = None,
+        implicit_tls: bool = False,
     ) -> None:
+        """``implicit_tls``: the driver has TLS on from the first byte (RFC 8314 §3.3),
+        so there is no STARTTLS to do and the policy is already met."""
         self.hostname = hostname
         self.message = message
         self.tls_policy = tls
         self.credentials = credentials
         self.timeouts = timeouts or ClientTimeouts()
         self.extensions: dict[str, str] = {}
-        self.outcome = Outcome()
+        self.outcome = Outcome(tls=implicit_tls)
         self._in = bytearray()
         self._lines: list[tuple[int, str]] = []
         self._out: deque[Action] = deque()
         self._expect: deque[tuple[_Step, str]] = deque([(_Step.GREETING, "")])
         self._queued: deque[tuple[str, _Step, str]] = deque()  # without PIPELINING
         self._accepted: list[str] = []
+        # This transaction's recipients, and those the server had no room for (452).
+        self._batch: tuple[OutboundRecipient, ...] = message.recipients
+        self._too_many: list[tuple[OutboundRecipient, Reply]] = []
         self._done = False
         self._aborted = False  # no more transaction: only the DATA cleanup and QUIT left
         self._quit_sent = False
+        self._tls_confirmed = False  # a reply came inside TLS
+        # Complete replies read so far: the driver restarts its timer only when this
+        # changes, so a server that trickles a byte at a time cannot hold us forever.
+        self.replies = 0
 
     # Session protocol -------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
@@ -205,6 +218,8 @@ class ClientSession:
             reply = self._read_reply()
             if reply is None:
                 break
+            self.replies += 1
+            self._tls_confirmed = self.outcome.tls
             if not self._expect:
                 self._fail_all(Reply(451, "4.5.0", f"unexpected reply: {describe(reply)}"))
                 self._close()
@@ -234,6 +249,8 @@ class ClientSession:
 
     def connection_lost(self, reason: str = "connection lost") -> None:
         """The connection is gone: recipients not settled yet are to be tried again."""
+        if self.outcome.tls and not self._tls_confirmed and not self._done:
+            self.outcome.tls_failed = True
         self._fail_all(Reply(421, "4.4.2", reason))
         self._done = True
         self._out.clear()
@@ -289,9 +306,12 @@ class ClientSession:
         handler(argument, reply)
 
     def _on_greeting(self, _: str, reply: Reply) -> None:
-        # RFC 5321 §3.1: 554 instead of 220 means no service here.
+        # RFC 5321 §3.1: 554 instead of 220 means no service *here*: it says nothing of
+        # the recipients, so (as Postfix's smtp_skip_5xx_greeting) the next MX host is
+        # tried, and the message later; it is bounced only when it expires.
         if reply.code != 220:
-            self._give_up(reply)
+            self._settle_all(Result.TEMPORARY, reply)
+            self._quit()
             return
         self._send(f"EHLO {self.hostname}", _Step.EHLO)
 
@@ -383,6 +403,15 @@ class ClientSession:
             self._settle_all(Result.PERMANENT, refused)
             self._quit()
             return
+        if message.eight_bit and "8BITMIME" not in self.extensions:
+            # RFC 6152 §3: 8-bit content goes only to a server that announces 8BITMIME;
+            # we do not convert it to 7 bits, so it is returned (RFC 3463 5.6.3).
+            refused = Reply(
+                554, "5.6.3", "8-bit message, and the server does not announce 8BITMIME"
+            )
+            self._settle_all(Result.PERMANENT, refused)
+            self._quit()
+            return
         dsn = "DSN" in self.extensions
         mail = f"MAIL FROM:<{message.mail_from}>"
         if "SIZE" in self.extensions:
@@ -394,7 +423,7 @@ class ClientSession:
         if dsn and message.envid:
             mail += f" ENVID={message.envid}"
         commands = [(mail, _Step.MAIL, "")]
-        for rcpt in message.recipients:
+        for rcpt in self._batch:
             command = f"RCPT TO:<{rcpt.address}>"
             if dsn and rcpt.notify:
                 command += " NOTIFY=" + ",".join(rcpt.notify)
@@ -428,6 +457,11 @@ class ClientSession:
     def _on_rcpt(self, address: str, reply: Reply) -> None:
         if reply.code in (250, 251):
             self._accepted.append(address)
+        elif reply.code == 452:
+            # RFC 5321 §4.5.3.1.10: too many recipients for one transaction; they go
+            # in the next one, on this connection.
+            rcpt = next(r for r in self._batch if r.address == address)
+            self._too_many.append((rcpt, reply))
         else:
             result = Result.PERMANENT if reply.permanent else Result.TEMPORARY
             self._settle(address, result, reply)
@@ -458,6 +492,13 @@ class ClientSession:
             if reply.code == 250:
                 for address in self._accepted:
                     self._settle(address, Result.DELIVERED, reply)
+                if self._too_many:
+                    # The server took some of them: the rest in a new transaction.
+                    self._batch = tuple(rcpt for rcpt, _ in self._too_many)
+                    self._too_many = []
+                    self._accepted = []
+                    self._transaction()
+                    return
             else:
                 self._settle_many(self._accepted, reply)
         self._quit_now()
@@ -500,6 +541,9 @@ class ClientSession:
 
     def _quit_now(self) -> None:
         self._aborted = True
+        for rcpt, reply in self._too_many:  # no further transaction: later, then
+            self._settle(rcpt.address, Result.TEMPORARY, reply)
+        self._too_many = []
         if not self._quit_sent:
             self._quit_sent = True
             self._send("QUIT", _Step.QUIT)
@@ -511,6 +555,9 @@ class ClientSession:
 
 
 def _line(command: str) -> bytes:
+    # RFC 5321 §2.3.8: a CR or LF inside a command would start another command.
+    if "\r" in command or "\n" in command:
+        raise ValueError(f"CR or LF in an SMTP command: {command!r}")
     return command.encode("utf-8") + b"\r\n"
 
 

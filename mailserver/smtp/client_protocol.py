@@ -25,18 +25,29 @@ class ClientProtocol(Protocol, TimeoutMixin):
     """Drives one ClientSession; ``done`` fires with its Outcome when the connection ends."""
 
     def __init__(
-        self, session: ClientSession, tls_options: Any, trace: ConnectionTrace | None = None
+        self,
+        session: ClientSession,
+        tls_options: Any,
+        trace: ConnectionTrace | None = None,
+        implicit_tls: bool = False,
     ) -> None:
         self.session = session
+        self.implicit_tls = implicit_tls
         self.tls_options = tls_options
         self.trace = trace  # the protocol trace: we are the client, the peer the server
         self.done: defer.Deferred[Outcome] = defer.Deferred()
         self._closing = False
+        self._timing = False  # the reply timer has been started
 
     def connectionMade(self) -> None:
         if self.trace is not None:
             peer = self.transport.getPeer()
             self.trace.opened(str(getattr(peer, "host", peer)), getattr(peer, "port", None))
+        if self.implicit_tls:
+            # RFC 8314 §3.3: the handshake comes first; the greeting arrives inside TLS.
+            self.transport.startTLS(self.tls_options)
+            if self.trace is not None:
+                self.trace.tls_started()
         self._pump()
 
     def dataReceived(self, data: bytes) -> None:
@@ -60,6 +71,8 @@ class ClientProtocol(Protocol, TimeoutMixin):
         self._pump()
 
     def _pump(self) -> None:
+        replies = self.session.replies
+        sent = False
         while not self._closing:
             action = self.session.next_action()
             if action is None:
@@ -68,6 +81,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
                 if self.trace is not None:
                     self.trace.client_data(action.data)
                 self.transport.write(action.data)
+                sent = True
             elif isinstance(action, StartTLS):
                 # Bytes written from now on go out inside TLS, after the handshake.
                 self.transport.startTLS(self.tls_options)
@@ -78,8 +92,11 @@ class ClientProtocol(Protocol, TimeoutMixin):
                 self._closing = True
                 self.setTimeout(None)
                 self.transport.loseConnection()
-        if not self._closing:
-            # RFC 5321 §4.5.3.2: the timeout depends on the reply we are waiting for.
+        if not self._closing and (sent or replies != self.session.replies or not self._timing):
+            # RFC 5321 §4.5.3.2: the timeout is for a whole reply, and depends on which
+            # reply we wait for; bytes of a reply that is still incomplete do not
+            # restart it (a tarpit trickling a byte at a time would hold us forever).
+            self._timing = True
             self.setTimeout(self.session.timeout())
 
 
@@ -91,6 +108,7 @@ def deliver(
     tls_options: Any,
     connect_timeout: float,
     trace: ConnectionTrace | None = None,
+    implicit_tls: bool = False,
 ) -> defer.Deferred[Outcome]:
     """Connect to ``address`` (IPv4 or IPv6) and run ``session``; never fails: a refused
     connection is an Outcome whose recipients are all to be tried again."""
@@ -98,7 +116,7 @@ def deliver(
         endpoint: Any = TCP6ClientEndpoint(reactor, address, port, timeout=connect_timeout)
     else:
         endpoint = TCP4ClientEndpoint(reactor, address, port, timeout=connect_timeout)
-    protocol = ClientProtocol(session, tls_options, trace)
+    protocol = ClientProtocol(session, tls_options, trace, implicit_tls)
     d = endpoint.connect(Factory.forProtocol(lambda: protocol))
 
     def failed(failure: Failure) -> Outcome:

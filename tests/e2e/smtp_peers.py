@@ -66,6 +66,67 @@ class _Silent(Protocol):
     """Accepts the connection and never says a word (a tarpit)."""
 
 
+class _HangUp(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
+class Tarpit(Factory):
+    """Silent connections the test can count and, at its end, close (and from then on,
+    hang up on each new one)."""
+
+    def __init__(self) -> None:
+        self.connections: list[Protocol] = []
+        self.hanging_up = False
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        protocol = _HangUp() if self.hanging_up else _Silent()
+        protocol.factory = self
+        self.connections.append(protocol)
+        return protocol
+
+    def open(self) -> int:
+        return sum(1 for p in self.connections if p.connected)
+
+    def close_all(self) -> None:
+        self.hanging_up = True
+        for protocol in self.connections:
+            if protocol.connected:
+                protocol.transport.loseConnection()
+
+
+class _BrokenTLS(Protocol):
+    """Offers STARTTLS, says 220 to it, then answers the handshake with garbage."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"220 broken.test ESMTP\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        if data.upper().startswith(b"EHLO"):
+            self.transport.write(b"250-broken.test\r\n250 STARTTLS\r\n")
+        elif data.upper().startswith(b"STARTTLS"):
+            self.transport.write(b"220 go ahead\r\n")
+        else:  # the client's TLS hello
+            self.transport.write(b"this is not TLS\r\n" * 10)
+            self.transport.loseConnection()
+
+
+class BrokenTLSFirst(Factory):
+    """The first connection gets a broken STARTTLS; later ones go to ``peer``."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.connections = 0
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        self.connections += 1
+        if self.connections == 1:
+            protocol: Protocol = _BrokenTLS()
+            protocol.factory = self
+            return protocol
+        return _PeerFactory(self.peer).buildProtocol(addr)
+
+
 def listen_peer(reactor: Any, host: str, port: int, peer: Peer | None) -> IListeningPort:
     """An SMTP peer on host:port; ``peer`` None is a silent tarpit."""
     if peer is None:

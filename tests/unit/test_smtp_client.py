@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import task
+from twisted.internet.testing import StringTransport
 
 from mailserver.session import Close, Send, StartTLS
 from mailserver.smtp.client import (
@@ -19,6 +22,7 @@ from mailserver.smtp.client import (
     TLSPolicy,
     stuff,
 )
+from mailserver.smtp.client_protocol import ClientProtocol
 
 EHLO_PIPE = (
     b"250-mx.example.net\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n"
@@ -153,7 +157,9 @@ def test_8bitmime_and_dsn_parameters() -> None:
 def test_greeting_554_gives_up_temporarily_per_host() -> None:
     c = new()
     assert c.feed(b"554 5.7.1 go away\r\n") == b"QUIT\r\n"
-    assert c.session.outcome.recipients["a@example.net"].result is Result.PERMANENT
+    outcome = c.session.outcome.recipients["a@example.net"]
+    assert outcome.result is Result.TEMPORARY  # another MX host may take it
+    assert (outcome.reply.code, outcome.reply.enhanced) == (554, "5.7.1")
     c = new()
     assert c.feed(b"421 4.3.2 busy\r\n") == b"QUIT\r\n"
     assert c.session.outcome.recipients["a@example.net"].result is Result.TEMPORARY
@@ -299,3 +305,143 @@ def test_dot_stuffer_state_object() -> None:
     assert s.feed(b"") == b""
     assert s.feed(b".") == b".."
     assert s.finish() == b"\r\n.\r\n"
+
+
+# The Twisted driver -------------------------------------------------------------------
+
+
+def driven(timeouts: ClientTimeouts) -> tuple[ClientProtocol, StringTransport, task.Clock]:
+    clock = task.Clock()
+    protocol = ClientProtocol(
+        ClientSession("out.example.test", message(), tls=TLSPolicy.NEVER, timeouts=timeouts),
+        None,
+    )
+    protocol.callLater = clock.callLater  # type: ignore[method-assign]
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport, clock
+
+
+def test_a_trickling_server_does_not_restart_the_reply_timer() -> None:
+    """RFC 5321 §4.5.3.2: the timeout is per reply; a tarpit sending one byte at a time
+    must not keep the connection (and the destination's slot) forever."""
+    protocol, transport, clock = driven(ClientTimeouts(greeting=10, command=20))
+    for byte in b"220 slow":
+        clock.advance(3)
+        protocol.dataReceived(bytes([byte]))
+        if transport.disconnecting:
+            break
+    assert transport.disconnecting
+    assert clock.seconds() == 12  # the greeting timer was never restarted
+    outcome = protocol.session.outcome.recipients["a@example.net"]
+    assert outcome.result is Result.TEMPORARY and outcome.reply.enhanced == "4.4.2"
+
+
+def test_each_complete_reply_restarts_the_timer_for_the_next() -> None:
+    protocol, transport, clock = driven(ClientTimeouts(greeting=10, command=20))
+    clock.advance(9)
+    protocol.dataReceived(b"220 hi\r\n")
+    assert transport.value() == b"EHLO out.example.test\r\n"
+    clock.advance(19)
+    assert not transport.disconnecting
+    protocol.dataReceived(b"250 hi\r\n")
+    clock.advance(19)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting
+
+
+def test_8bit_message_to_a_server_without_8bitmime_is_returned_unsent() -> None:
+    """RFC 6152 §3: no 8-bit data to a server that does not announce 8BITMIME."""
+    c = new(message("Subject: caf\u00e9\r\n\r\n\u00e9\r\n".encode()), tls=TLSPolicy.NEVER)
+    c.feed(b"220 hi\r\n")
+    assert c.feed(b"250-hi\r\n250 PIPELINING\r\n") == b"QUIT\r\n"
+    outcome = c.session.outcome.recipients["a@example.net"]
+    assert outcome.result is Result.PERMANENT and outcome.reply.enhanced == "5.6.3"
+    # A 7-bit message goes to the same server.
+    c = new(tls=TLSPolicy.NEVER)
+    c.feed(b"220 hi\r\n")
+    assert c.feed(b"250-hi\r\n250 PIPELINING\r\n").startswith(b"MAIL FROM:<s@example.test>")
+
+
+def test_no_command_with_cr_or_lf_is_ever_written() -> None:
+    bad = OutboundMessage(
+        "s@example.test", (OutboundRecipient("a@example.net\r\nRSET"),), (b"x\r\n",)
+    )
+    c = new(bad, tls=TLSPolicy.NEVER)
+    c.feed(b"220 hi\r\n")
+    with pytest.raises(ValueError):
+        c.feed(EHLO_PLAIN + b"250 ok\r\n")
+
+
+def test_implicit_tls_goes_straight_to_auth() -> None:
+    """RFC 8314 §3.3: TLS is on from the first byte; no STARTTLS, the policy is met."""
+    c = new(tls=TLSPolicy.REQUIRED, credentials=("u@x", "pw"), implicit_tls=True)
+    assert c.feed(b"220 hi\r\n") == b"EHLO out.example.test\r\n"
+    token = base64.b64encode(b"\0u@x\0pw")
+    assert c.feed(b"250-hi\r\n250 AUTH PLAIN\r\n") == b"AUTH PLAIN " + token + b"\r\n"
+    assert not c.tls and c.session.outcome.tls
+
+
+def test_tls_failed_only_when_the_connection_ends_before_a_reply_inside_tls() -> None:
+    c = new()
+    c.feed(b"220 hi\r\n")
+    c.feed(b"250-hi\r\n250 STARTTLS\r\n")
+    assert c.feed(b"220 go ahead\r\n") == b"EHLO out.example.test\r\n"
+    c.session.connection_lost("handshake failed")
+    assert c.session.outcome.tls_failed
+    c = new()
+    c.feed(b"220 hi\r\n")
+    c.feed(b"250-hi\r\n250 STARTTLS\r\n")
+    c.feed(b"220 go ahead\r\n")
+    c.feed(b"250 hi\r\n")  # the server answered inside TLS: the handshake worked
+    c.session.connection_lost("reset")
+    assert not c.session.outcome.tls_failed
+    c = new(tls=TLSPolicy.NEVER)
+    c.feed(b"220 hi\r\n")
+    c.session.connection_lost("reset")
+    assert not c.session.outcome.tls_failed
+
+
+def test_452_too_many_recipients_go_in_the_next_transaction() -> None:
+    """RFC 5321 §4.5.3.1.10: the recipients refused with 452 are sent in a new
+    transaction on the same connection, once the first one is through."""
+    rcpts = ("a@example.net", "b@example.net", "c@example.net")
+    c = new(message(b"x\r\n", *rcpts), tls=TLSPolicy.NEVER)
+    c.feed(b"220 hi\r\n")
+    assert c.feed(EHLO_PIPE) == (
+        b"MAIL FROM:<s@example.test> SIZE=3\r\nRCPT TO:<a@example.net>\r\n"
+        b"RCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n"
+    )
+    assert c.feed(b"250 ok\r\n250 ok\r\n452 4.5.3 too many\r\n452 4.5.3 too many\r\n354 go\r\n")
+    assert c.feed(b"250 2.0.0 first\r\n") == (
+        b"MAIL FROM:<s@example.test> SIZE=3\r\nRCPT TO:<b@example.net>\r\n"
+        b"RCPT TO:<c@example.net>\r\nDATA\r\n"
+    )
+    assert c.feed(b"250 ok\r\n250 ok\r\n452 4.5.3 too many\r\n354 go\r\n") == b"x\r\n.\r\n"
+    assert c.feed(b"250 2.0.0 second\r\n") == (
+        b"MAIL FROM:<s@example.test> SIZE=3\r\nRCPT TO:<c@example.net>\r\nDATA\r\n"
+    )
+    # Nothing accepted in a transaction: no loop, the rest waits for a later attempt.
+    assert c.feed(b"250 ok\r\n452 4.5.3 too many\r\n554 5.5.1 no valid recipients\r\n") == (
+        b"QUIT\r\n"
+    )
+    r = c.session.outcome.recipients
+    assert [r[a].result for a in rcpts] == [Result.DELIVERED, Result.DELIVERED, Result.TEMPORARY]
+    assert (r["a@example.net"].reply.text, r["b@example.net"].reply.text) == ("first", "second")
+    assert r["c@example.net"].reply.enhanced == "4.5.3"
+
+
+def test_452_without_pipelining_and_a_failed_first_transaction() -> None:
+    c = new(message(b"x\r\n", "a@example.net", "b@example.net"), tls=TLSPolicy.NEVER)
+    c.feed(b"220 hi\r\n")
+    c.feed(EHLO_PLAIN)
+    assert c.feed(b"250 ok\r\n") == b"RCPT TO:<a@example.net>\r\n"
+    assert c.feed(b"250 ok\r\n") == b"RCPT TO:<b@example.net>\r\n"
+    assert c.feed(b"452 4.5.3 too many\r\n") == b"DATA\r\n"
+    assert c.feed(b"354 go\r\n") == b"x\r\n.\r\n"
+    assert c.feed(b"451 4.3.0 disk trouble\r\n") == b"QUIT\r\n"
+    r = c.session.outcome.recipients
+    assert r["a@example.net"].reply.enhanced == "4.3.0"
+    assert r["b@example.net"].reply.enhanced == "4.5.3"
+    assert r["b@example.net"].result is Result.TEMPORARY
