@@ -446,6 +446,13 @@ IMAP_UNTAGGED = {
     "ID": ("RFC 2971 §3.2", ""),
     "ENABLED": ("RFC 5161 §3.2", ""),
 }
+# Response codes that other RFCs than RFC 3501 define (RFC 3501 §7.1 has the rest).
+IMAP_RESPONSE_CODES = {
+    "HIGHESTMODSEQ": ("RFC 7162 §3.1.2.1", "CONDSTORE: the highest mod-sequence"),
+    "NOMODSEQ": ("RFC 7162 §3.1.2.2", ""),
+    "APPENDUID": ("RFC 4315 §3", ""),
+    "COPYUID": ("RFC 4315 §3", ""),
+}
 IMAP_TAGGED = {
     "OK": "tagged OK: the command with this tag is done",
     "NO": "tagged NO: the command failed",
@@ -598,6 +605,9 @@ class IMAPTrace(ConnectionTrace):
         if words[0] == "*" and len(words) > 1:
             key = words[2] if words[1].isdigit() and len(words) > 2 else words[1]
             rfc, note = IMAP_UNTAGGED.get(key.upper(), ("", ""))
+            if key.upper() == "OK" and len(words) > 2 and words[2].startswith("["):
+                code = words[2][1:].rstrip("]").upper()
+                rfc, note = IMAP_RESPONSE_CODES.get(code, (rfc, note))
             if key.upper() == "EXISTS" and self.idle_tag is not None:
                 note = "pushed during IDLE: a new message arrived"
             elif not self.greeted:
