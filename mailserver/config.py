@@ -326,6 +326,11 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{path}: [accounts] aliases: {e}") from None
     if not any(getattr(config.listeners, f.name) for f in dataclasses.fields(ListenersConfig)):
         raise ConfigError(f"{path}: [listeners]: no listener configured")
+    for kind in dataclasses.fields(ListenersConfig):
+        for description in getattr(config.listeners, kind.name):
+            problem = endpoint_problem(description)
+            if problem is not None:
+                raise ConfigError(f"{path}: [listeners] {kind.name}: {description!r}: {problem}")
     if config.server.trace_bodies not in ("summary", "full"):
         raise ConfigError(
             f"{path}: [server] trace_bodies: expected summary or full, "
@@ -334,6 +339,24 @@ def _check(config: Config) -> None:
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         raise ConfigError(f"{path}: [tls]: cert_file and key_file go together")
     _check_queue(path, config.queue)
+
+
+def endpoint_problem(description: str) -> str | None:
+    """Why a Twisted server endpoint string cannot be used, or None if it parses.
+
+    The string is parsed against a memory reactor, so nothing is bound. ``systemd:``
+    endpoints are left to start-up: parsing them needs the sockets systemd passes in.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    if description.partition(":")[0] == "systemd":
+        return None
+    try:
+        serverFromString(MemoryReactor(), description)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        return str(e) or type(e).__name__
+    return None
 
 
 def _check_queue(path: str, queue: QueueConfig) -> None:

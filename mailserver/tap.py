@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -27,14 +28,16 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         path = self["config"]
-        if not os.path.exists(path):
-            raise usage.UsageError(f"{path}: file not found")
         try:
+            if not os.path.exists(path):
+                raise ConfigError(f"{path}: file not found")
             config = load(path)
             check_passwd_file(config)
             check_tls_files(config)
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            # One line, not twistd's usage text followed by the error (a UsageError).
+            sys.stderr.write(f"mailserver: {e}\n")
+            raise SystemExit(1) from None
         if self["trace"]:
             config = dataclasses.replace(
                 config, server=dataclasses.replace(config.server, trace=True)

@@ -40,6 +40,9 @@ def test_embedded_default_loads() -> None:
         ("[listeners]\nsmtp = [1]\n", "[listeners] smtp: expected a string"),
         ("[domains]\nlocal = ['bad_domain!']\n", "[domains] local: domain not allowed"),
         ("[listeners]\n", "[listeners]: no listener configured"),
+        ("[listeners]\nsmtp = ['foo:25']\n", "[listeners] smtp: 'foo:25': Unknown endpoint type"),
+        ("[listeners]\nimap = ['tcp:abc']\n", "[listeners] imap: 'tcp:abc': invalid literal"),
+        ("[listeners]\npop3 = ['tcp:1:bogus=1']\n", "[listeners] pop3: 'tcp:1:bogus=1': "),
         ("server = 1\n", "server: must be a table"),
         ("[server\n", "not valid TOML"),
     ],
@@ -67,4 +70,26 @@ def test_twistd_refuses_a_bad_file_with_one_clear_line(tmp_path) -> None:
         cwd=ROOT,
     )
     assert result.returncode != 0
-    assert f"{path}: [smtp] max_recipients: expected an integer" in result.stderr + result.stdout
+    # One line, not twistd's usage text: the file, the key, the problem.
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"mailserver: {path}: [smtp] max_recipients: expected an integer, got 'many'"
+    ]
+
+
+def test_twistd_refuses_a_missing_file_with_one_line(tmp_path) -> None:
+    path = str(tmp_path / "absent.toml")
+    result = subprocess.run(
+        [TWISTD, "-n", "mailserver", "--config", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1
+    assert (result.stdout, result.stderr) == ("", f"mailserver: {path}: file not found\n")
+
+
+def test_systemd_endpoints_are_left_to_start_up(tmp_path) -> None:
+    config = load(write(tmp_path, "[listeners]\nsmtp = ['systemd:domain=INET:index=0']\n"))
+    assert config.listeners.smtp == ("systemd:domain=INET:index=0",)
