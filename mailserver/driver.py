@@ -157,6 +157,11 @@ class SessionProtocol(Protocol, TimeoutMixin):
             self.trace.tls_started()
         self.transport.startTLS(self.tls_context)
 
+    def close(self) -> None:
+        """Close the connection from the server's side (at shutdown)."""
+        if not self._closing:
+            self._close()
+
     def _close(self) -> None:
         self._closing = True
         self.setTimeout(None)

@@ -19,6 +19,7 @@ from mailserver.accounts import Directory
 from mailserver.config import Config, ConfigError
 from mailserver.imap.protocol import IMAPFactory
 from mailserver.imap.session import IMAPLimits
+from mailserver.limits import LimitedFactory
 from mailserver.login import LoginService
 from mailserver.mda import MDA
 from mailserver.msa import SubmissionPolicy
@@ -85,6 +86,10 @@ class ListenerService(Service):
 class MailServer(MultiService):
     """The whole server; its parts are attributes so tests and tools can reach them."""
 
+    # Seconds a session may take to close cleanly at shutdown before it is aborted
+    # (a TLS client that never finishes its handshake, one that never reads).
+    shutdown_grace = 3.0
+
     def __init__(self, config: Config, reactor: Any | None = None) -> None:
         super().__init__()
         if reactor is None:
@@ -122,6 +127,7 @@ class MailServer(MultiService):
         self.queue = QueueService(config, self.mda.deliver, reactor, tracer=self.tracer)
         self.queue.setServiceParent(self)
         self.listeners: dict[str, list[ListenerService]] = {}
+        self.factories: list[LimitedFactory] = []
         listeners = config.listeners
         for name, role, implicit_tls, make_factory in (
             ("smtp", "MTA", False, self._mta_factory),
@@ -136,11 +142,13 @@ class MailServer(MultiService):
             if not descriptions:
                 continue
             # One factory per listener kind: its limits and locks span all its endpoints.
-            factory = make_factory(implicit_tls)
-            factory.tracer = self.tracer
+            sessions = make_factory(implicit_tls)
+            sessions.tracer = self.tracer
+            self.factories.append(sessions)
+            factory: Factory = sessions
             if implicit_tls:
                 # RFC 8314: the TLS handshake comes first, then the protocol.
-                factory = TLSMemoryBIOFactory(self.tls, False, factory)
+                factory = TLSMemoryBIOFactory(self.tls, False, sessions)
             for description in descriptions:
                 self.add_listener(name, role, description, factory)
 
@@ -149,10 +157,22 @@ class MailServer(MultiService):
         # SIGHUP re-reads the certificate and key without dropping sessions.
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.tls.reload))
 
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop listening, then close the sessions still open and wait until they are."""
+        d = defer.maybeDeferred(super().stopService)
+
+        def close_sessions(_: object) -> defer.Deferred:
+            closing = [f.close_all(self.reactor, self.shutdown_grace) for f in self.factories]
+            return defer.DeferredList(closing)
+
+        d.addCallback(close_sessions)
+        d.addCallback(lambda _: None)
+        return d
+
     def _plaintext_on_loopback(self) -> bool:
         return self.config.auth.allow_plaintext_on_loopback
 
-    def _imap_factory(self, implicit_tls: bool) -> Factory:
+    def _imap_factory(self, implicit_tls: bool) -> LimitedFactory:
         imap = self.config.imap
         limits = IMAPLimits(
             max_line=imap.max_line, max_literal=imap.max_literal, max_errors=imap.max_errors
@@ -171,7 +191,7 @@ class MailServer(MultiService):
             allow_plaintext_on_loopback=self._plaintext_on_loopback(),
         )
 
-    def _pop3_factory(self, implicit_tls: bool) -> Factory:
+    def _pop3_factory(self, implicit_tls: bool) -> LimitedFactory:
         return POP3Factory(
             self.store,
             self.login,
@@ -192,7 +212,7 @@ class MailServer(MultiService):
             max_errors=smtp.max_errors,
         )
 
-    def _smtp_factory(self, role: SMTPRole, policy: SMTPPolicy) -> Factory:
+    def _smtp_factory(self, role: SMTPRole, policy: SMTPPolicy) -> LimitedFactory:
         smtp = self.config.smtp
         domains = self.config.domains.local
         postmaster_domain = domains[0] if domains else self.config.server.hostname
@@ -210,12 +230,12 @@ class MailServer(MultiService):
             max_connections_per_client=smtp.max_connections_per_client,
         )
 
-    def _mta_factory(self, implicit_tls: bool) -> Factory:
+    def _mta_factory(self, implicit_tls: bool) -> LimitedFactory:
         # The MTA offers STARTTLS and never AUTH, whatever a client claims.
         role = SMTPRole("MTA", starttls=True)
         return self._smtp_factory(role, InboundPolicy(self.directory, self.store, self.mda))
 
-    def _msa_factory(self, implicit_tls: bool) -> Factory:
+    def _msa_factory(self, implicit_tls: bool) -> LimitedFactory:
         role = SMTPRole(
             "MSA",
             starttls=not implicit_tls,
