@@ -271,8 +271,14 @@ def make_tls(config: Config) -> ServerTLS:
     if config.tls.cert_file:
         cert, key = config.resolve(config.tls.cert_file), config.resolve(config.tls.key_file)
     else:
-        run_dir = config.resolve(config.server.run_dir)
-        _, cert, key = ensure_dev_certificate(os.path.join(run_dir, "tls"), config.server.hostname)
+        directory = os.path.join(config.resolve(config.server.run_dir), "tls")
+        try:
+            _, cert, key = ensure_dev_certificate(directory, config.server.hostname)
+        except OSError as e:
+            raise ConfigError(
+                f"{config.path}: [tls]: cannot make a development certificate in "
+                f"{directory}: {e.strerror}"
+            ) from None
     try:
         return ServerTLS(cert, key)
     except TLSConfigError as e:
@@ -280,11 +286,19 @@ def make_tls(config: Config) -> ServerTLS:
 
 
 def prepare_run_dir(config: Config) -> None:
-    """Create the run directory, and the store from the sample on first start."""
-    os.makedirs(config.resolve(config.server.run_dir), exist_ok=True)
+    """Create the run directory, and the store from the sample on first start.
+
+    A directory that cannot be made raises ConfigError naming the key."""
+    run_dir = config.resolve(config.server.run_dir)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{config.path}: [server] run_dir: {run_dir}: {e.strerror}") from None
     maildir = config.resolve(config.store.maildir)
     sample = config.resolve(config.store.sample)
-    if not os.path.exists(maildir):
+    if os.path.exists(maildir):
+        return
+    try:
         if sample and os.path.isdir(sample):
             shutil.copytree(sample, maildir, ignore=shutil.ignore_patterns(".gitkeep"))
             log.info(
@@ -294,3 +308,5 @@ def prepare_run_dir(config: Config) -> None:
             )
         else:
             os.makedirs(maildir, mode=0o700)
+    except OSError as e:
+        raise ConfigError(f"{config.path}: [store] maildir: {maildir}: {e.strerror}") from None

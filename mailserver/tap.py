@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from typing import NoReturn
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -36,8 +37,7 @@ class Options(usage.Options):
             check_tls_files(config)
         except ConfigError as e:
             # One line, not twistd's usage text followed by the error (a UsageError).
-            sys.stderr.write(f"mailserver: {e}\n")
-            raise SystemExit(1) from None
+            refuse(e)
         if self["trace"]:
             config = dataclasses.replace(
                 config, server=dataclasses.replace(config.server, trace=True)
@@ -45,6 +45,15 @@ class Options(usage.Options):
         self.config: Config = config
 
 
-def makeService(options: Options) -> IService:
+def refuse(error: ConfigError) -> NoReturn:
+    """Stop start-up with one line on stderr naming the file and the key."""
+    sys.stderr.write(f"mailserver: {error}\n")
+    raise SystemExit(1)
 
-    return MailServer(options.config)
+
+def makeService(options: Options) -> IService:
+    try:
+        return MailServer(options.config)
+    except ConfigError as e:
+        # The run directory, the store or the development certificate cannot be made.
+        refuse(e)

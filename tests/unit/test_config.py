@@ -93,3 +93,25 @@ def test_twistd_refuses_a_missing_file_with_one_line(tmp_path) -> None:
 def test_systemd_endpoints_are_left_to_start_up(tmp_path) -> None:
     config = load(write(tmp_path, "[listeners]\nsmtp = ['systemd:domain=INET:index=0']\n"))
     assert config.listeners.smtp == ("systemd:domain=INET:index=0",)
+
+
+def test_twistd_refuses_an_unusable_run_dir_with_one_line(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    (tmp_path / "passwd").write_text("")
+    path = write(
+        tmp_path,
+        f'[server]\nrun_dir = "{blocker}/run"\n[accounts]\npasswd_file = "passwd"\n'
+        '[listeners]\nsmtp = ["tcp:0:interface=127.0.0.1"]\n',
+    )
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "mailserver", "--config", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr == f"mailserver: {path}: [server] run_dir: {blocker}/run: Not a directory\n"
+    )

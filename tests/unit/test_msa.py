@@ -102,7 +102,10 @@ def test_local_and_remote_copies_with_message_id_and_date_added(directory: Direc
 
 def test_existing_message_id_and_date_are_kept(directory: Directory) -> None:
     p, mda = policy(directory)
-    message = b"From: alice@example.test\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nb\r\n"
+    message = (
+        b"From: alice@example.test\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+        b"Message-ID: <x@y>\r\n\r\nb\r\n"
+    )
     assert result(p.deliver(envelope([BOB]), [TRACE, message])).code == 250
     assert mda.calls[0][2] == TRACE + message
 
