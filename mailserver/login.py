@@ -35,10 +35,16 @@ class _Record:
 class LoginThrottle:
     """Bookkeeping of failed logins per client address."""
 
+    # Past this many addresses on record, those with nothing left to remember (no
+    # failure in the window, no lock-out running) are forgotten, so that guessers on
+    # many addresses cannot grow the table without bound.
+    prune_above = 10_000
+
     def __init__(self, clock: IReactorTime, config: AuthConfig) -> None:
         self.clock = clock
         self.config = config
         self._records: dict[str, _Record] = {}
+        self._prune_at = self.prune_above
 
     def locked(self, peer: str) -> bool:
         record = self._records.get(peer)
@@ -52,7 +58,22 @@ class LoginThrottle:
         record.failures = [t for t in record.failures if t > window_start] + [now]
         if len(record.failures) >= self.config.max_failures:
             record.locked_until = now + self.config.lockout
+        if len(self._records) > self._prune_at:
+            self._prune(now)
         return min(self.config.delay_step * len(record.failures), self.config.max_delay)
+
+    def _prune(self, now: float) -> None:
+        window_start = now - self.config.failure_window
+        self._records = {
+            peer: record
+            for peer, record in self._records.items()
+            if record.locked_until > now or (record.failures and record.failures[-1] > window_start)
+        }
+        # Amortised: the next pass waits until the table has grown by as much again.
+        self._prune_at = max(self.prune_above, 2 * len(self._records))
+
+    def __len__(self) -> int:
+        return len(self._records)
 
     def succeeded(self, peer: str) -> None:
         self._records.pop(peer, None)

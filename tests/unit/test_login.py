@@ -76,3 +76,16 @@ class ThrottleTests(unittest.TestCase):
         self.clock.advance(1.01)
         self.assertEqual(results, [None])
         self.assertEqual(self.attempt("secret"), ["alice@example.test"])
+
+    def test_stale_records_are_forgotten(self) -> None:
+        throttle = self.service.throttle
+        throttle.prune_above = throttle._prune_at = 3
+        self.attempt("wrong", peer="192.0.2.100")
+        for _ in range(4):
+            self.attempt("wrong", peer="192.0.2.101")  # locked out for 300 s
+        self.clock.advance(61)  # both leave the window; .101 is still locked out
+        self.attempt("wrong", peer="198.51.100.1")
+        self.assertEqual(len(throttle), 3)
+        self.attempt("wrong", peer="198.51.100.2")  # over the bound: a pruning pass
+        self.assertEqual(len(throttle), 3)  # .100 forgotten, the lock-out kept
+        self.assertTrue(throttle.locked("192.0.2.101"))
