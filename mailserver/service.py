@@ -128,6 +128,8 @@ class MailServer(MultiService):
         self.queue.setServiceParent(self)
         self.listeners: dict[str, list[ListenerService]] = {}
         self.factories: list[LimitedFactory] = []
+        # RFC 2449 §8.1.2 [IN-USE]: the maildrop locks, for POP3 and POP3S alike.
+        self.pop3_locks: set[str] = set()
         listeners = config.listeners
         for name, role, implicit_tls, make_factory in (
             ("smtp", "MTA", False, self._mta_factory),
@@ -200,6 +202,7 @@ class MailServer(MultiService):
             tls=self.tls,
             implicit_tls=implicit_tls,
             allow_plaintext_on_loopback=self._plaintext_on_loopback(),
+            locks=self.pop3_locks,
         )
 
     def _smtp_limits(self) -> SMTPLimits:

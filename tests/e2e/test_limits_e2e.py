@@ -61,3 +61,35 @@ class ConnectionLimits(ServerTestCase):
         await self.start_server()
         for listener in KIND:
             await threads.deferToThread(self.check, listener)
+
+
+class MaildropLock(ServerTestCase):
+    """RFC 2449 §8.1.2: one session per maildrop, whichever POP3 port it came by."""
+
+    def scenario(self) -> tuple[bytes, bytes]:
+        plain = socket.create_connection(("127.0.0.1", self.ports["pop3"]), timeout=10)
+        context = ssl.create_default_context(
+            cafile=os.path.join(self.directory, "run", "tls", "ca.pem")
+        )
+        with (
+            plain,
+            context.wrap_socket(
+                socket.create_connection(("127.0.0.1", self.ports["pop3s"]), timeout=10),
+                server_hostname="localhost",
+            ) as tls,
+        ):
+            first, second = plain.makefile("rb"), tls.makefile("rb")
+            first.readline()
+            second.readline()
+            plain.sendall(b"USER alice@example.test\r\nPASS secret\r\n")
+            first.readline()
+            logged_in = first.readline()
+            tls.sendall(b"USER alice@example.test\r\nPASS secret\r\n")
+            second.readline()
+            return logged_in, second.readline()
+
+    async def test_pop3_and_pop3s_share_the_lock(self) -> None:
+        await self.start_server()
+        logged_in, refused = await threads.deferToThread(self.scenario)
+        self.assertTrue(logged_in.startswith(b"+OK "), logged_in)
+        self.assertEqual(refused, b"-ERR [IN-USE] maildrop already locked\r\n")
