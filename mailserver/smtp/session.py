@@ -531,12 +531,18 @@ class SMTPSession:
         self._error(Reply(502, "5.5.1", "EXPN not available"))
 
     def _do_HELP(self, argument: str) -> None:
+        commands = ["EHLO", "HELO"]
+        if self.role.starttls and not self.tls:
+            commands.append("STARTTLS")
+        if self._auth_allowed():
+            commands.append("AUTH")
+        commands += ["MAIL", "RCPT", "DATA", "RSET", "NOOP", "VRFY", "HELP", "QUIT"]
         self._reply(
             Reply(
                 214,
                 "2.0.0",
                 (
-                    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+                    "Commands: " + " ".join(commands),
                     "See RFC 5321 (https://www.rfc-editor.org/rfc/rfc5321)",
                 ),
             )

@@ -158,3 +158,14 @@ def test_locked_out_client_gets_454() -> None:
     t.session.resume(Failure(TooManyFailures("192.0.2.7")))
     assert action is not None
     assert t.drain() == b"454 4.7.0 Temporary authentication failure\r\n"
+
+
+def test_help_lists_the_commands_that_work_here() -> None:
+    t = started(role=MTA)
+    assert t.send(b"HELP\r\n").startswith(
+        b"214-2.0.0 Commands: EHLO HELO STARTTLS MAIL RCPT DATA RSET NOOP VRFY HELP QUIT\r\n"
+    )
+    t = started(role=MSA_TLS)
+    assert t.send(b"HELP\r\n").startswith(
+        b"214-2.0.0 Commands: EHLO HELO AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT\r\n"
+    )
