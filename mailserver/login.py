@@ -7,6 +7,7 @@ while without its passwords being checked at all. A successful login clears the 
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from twisted.cred import error
@@ -20,6 +21,20 @@ from mailserver.accounts import Directory, IMailUser, MailRealm, PasswdChecker
 from mailserver.config import AuthConfig
 
 log = Logger()
+
+
+def client_key(peer: str) -> str:
+    """Whose failures these are: the IPv4 address, or the /64 of an IPv6 address (one
+    host usually has a whole /64 to pick addresses from)."""
+    try:
+        address = ipaddress.ip_address(peer.split("%")[0])
+    except ValueError:
+        return peer
+    if address.version == 6 and not address.is_loopback:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 class TooManyFailures(Exception):
@@ -47,13 +62,13 @@ class LoginThrottle:
         self._prune_at = self.prune_above
 
     def locked(self, peer: str) -> bool:
-        record = self._records.get(peer)
+        record = self._records.get(client_key(peer))
         return record is not None and record.locked_until > self.clock.seconds()
 
     def failed(self, peer: str) -> float:
         """Note a failure; return how long to wait before answering it."""
         now = self.clock.seconds()
-        record = self._records.setdefault(peer, _Record())
+        record = self._records.setdefault(client_key(peer), _Record())
         window_start = now - self.config.failure_window
         record.failures = [t for t in record.failures if t > window_start] + [now]
         if len(record.failures) >= self.config.max_failures:
@@ -76,7 +91,7 @@ class LoginThrottle:
         return len(self._records)
 
     def succeeded(self, peer: str) -> None:
-        self._records.pop(peer, None)
+        self._records.pop(client_key(peer), None)
 
 
 class LoginService:
