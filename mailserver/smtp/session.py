@@ -578,8 +578,10 @@ class SMTPSession:
             protocol += ("S" if self.tls else "") + ("A" if self.auth_user else "")
         recipient = f"\r\n\tfor <{envelope.rcpt_to[0]}>" if len(envelope.rcpt_to) == 1 else ""
         date = email.utils.formatdate(self.clock(), localtime=True)
+        # RFC 5321 §4.1.3: an IPv6 address literal is tagged "IPv6:".
+        literal = f"[IPv6:{self.peer}]" if ":" in self.peer else f"[{self.peer}]"
         return (
-            f"Received: from {envelope.helo} ([{self.peer}])\r\n"
+            f"Received: from {envelope.helo} ({literal})\r\n"
             f"\tby {self.hostname} (mailserver) with {protocol} id {self.session_id}"
             f"{recipient};\r\n\t{date}\r\n"
         ).encode("ascii", "replace")
