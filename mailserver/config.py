@@ -82,9 +82,9 @@ class AuthConfig:
     # Plaintext logins before TLS are refused (RFC 8314), except from loopback clients
     # when this is true (the development default).
     allow_plaintext_on_loopback: bool = False
-    # Failed logins from one client address: each failure delays the answer by
-    # delay_step more seconds (at most max_delay); past max_failures within
-    # failure_window seconds the address is refused for lockout seconds.
+    # Failed logins from one client address (for IPv6, its /64): each failure delays
+    # the answer by delay_step more seconds (at most max_delay); past max_failures
+    # within failure_window seconds the address is refused for lockout seconds.
     delay_step: float = 1.0
     max_delay: float = 10.0
     max_failures: int = 10
