@@ -88,6 +88,12 @@ class SessionProtocol(Protocol, TimeoutMixin):
     def timeoutConnection(self) -> None:
         if self._closing:
             return
+        if self._pending:
+            # The client is waiting for us (a slow disk, a delayed login answer), not
+            # idle: the idle period starts again once the effect has been answered.
+            # (TimeoutMixin has dropped its timer by now: set a new one.)
+            self.setTimeout(self.idle_timeout)
+            return
         reply = self.session.timed_out()
         if self.trace is not None:
             self.trace.server_data(reply)
@@ -129,6 +135,7 @@ class SessionProtocol(Protocol, TimeoutMixin):
         self._pending = False
         if self._closing:
             return None
+        self.resetTimeout()
         try:
             self.session.resume(result)
         except Exception:
