@@ -115,3 +115,16 @@ def test_twistd_refuses_an_unusable_run_dir_with_one_line(tmp_path) -> None:
     assert (
         result.stderr == f"mailserver: {path}: [server] run_dir: {blocker}/run: Not a directory\n"
     )
+
+
+def test_twistd_lists_the_plugin_and_its_options() -> None:
+    listing = subprocess.run(
+        [TWISTD, "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert listing.returncode == 0
+    assert any(line.split()[:1] == ["mailserver"] for line in listing.stdout.splitlines())
+    options = subprocess.run(
+        [TWISTD, "mailserver", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert options.returncode == 0
+    assert "--config=" in options.stdout and "--trace" in options.stdout
