@@ -11,8 +11,10 @@ checks are slow on purpose and run in a thread, never on the reactor.
 
 from __future__ import annotations
 
+import fcntl
 import hmac
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -115,22 +117,75 @@ def check_passwd_file(config: Config) -> None:
         raise ConfigError(f"{config.path}: [accounts] passwd_file: {e}") from None
 
 
-def write_passwd(path: str, accounts: Mapping[str, Account]) -> None:
-    """Replace the passwd-file atomically (temporary file, fsync, rename)."""
+class UserExists(PasswdFileError):
+    """``user add`` for an address that has an account already."""
+
+
+class NoSuchUser(PasswdFileError):
+    """``user passwd`` for an address without an account."""
+
+
+def set_password(path: str, address: str, password_hash: str, *, add: bool) -> None:
+    """Add a user (``add``) or change a user's hash, editing the passwd-file atomically.
+
+    The edit runs under an exclusive lock on ``<path>.lock``, so concurrent edits never
+    lose each other's lines; it writes a temporary file in the same directory, fsyncs it,
+    renames it over the file and fsyncs the directory, so a reader sees the old file or
+    the new one, never a half-written one. Other lines (comments, Dovecot's extra fields
+    after the hash) are kept as they are.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".passwd.", dir=directory)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            # The owner and group keep their rights (Dovecot may read it as a group);
+            # password hashes are never left readable by everyone.
+            mode = stat.S_IMODE(os.stat(path).st_mode) & ~0o007
+        except FileNotFoundError:
+            lines, mode = [], 0o600
+        lines = _edited(path, lines, address, password_hash, add)
+        fd, tmp = tempfile.mkstemp(prefix=".passwd.", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("".join(line + "\n" for line in lines))
+                f.flush()
+                os.fchmod(f.fileno(), mode)
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _edited(path: str, lines: list[str], address: str, password_hash: str, add: bool) -> list[str]:
+    """The passwd-file's lines with ``address``'s hash set (appended when ``add``)."""
+    key = address.lower()
+    for number, line in enumerate(lines):
+        user, sep, rest = line.partition(":")
+        if not sep or line.lstrip().startswith("#") or _key(user) != key:
+            continue
+        if add:
+            raise UserExists(f"{address} exists already")
+        _, sep, extra = rest.partition(":")
+        return [*lines[:number], f"{user}:{password_hash}{sep}{extra}", *lines[number + 1 :]]
+    if not add:
+        raise NoSuchUser(f"no such user {address} in {path}")
+    return [*lines, f"{address}:{password_hash}"]
+
+
+def _key(user: str) -> str | None:
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for account in sorted(accounts.values(), key=lambda a: a.address):
-                f.write(f"{account.address}:{account.password_hash}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        return normalize_address(user.strip()).lower()
+    except BadName:
+        return None
 
 
 class Directory:

@@ -8,12 +8,11 @@ import os
 import sys
 
 from mailserver.accounts import (
-    Account,
     PasswdFileError,
     check_passwd_file,
     hash_password,
     read_passwd,
-    write_passwd,
+    set_password,
 )
 from mailserver.config import ConfigError, load
 from mailserver.names import BadName, normalize_address
@@ -126,8 +125,8 @@ def user_command(args: argparse.Namespace) -> int:
     if not password:
         print("mailserver: empty password refused", file=sys.stderr)
         return 1
-    accounts[address.lower()] = Account(address, hash_password(password))
-    write_passwd(passwd, accounts)
+    # Checked again under the file's lock: another edit may have come in meanwhile.
+    set_password(passwd, address, hash_password(password), add=args.user_command == "add")
     print(f"{address}: {'added' if args.user_command == 'add' else 'password changed'}")
     return 0
 

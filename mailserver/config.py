@@ -82,9 +82,9 @@ class AuthConfig:
     # Plaintext logins before TLS are refused (RFC 8314), except from loopback clients
     # when this is true (the development default).
     allow_plaintext_on_loopback: bool = False
-    # Failed logins from one client address: each failure delays the answer by
-    # delay_step more seconds (at most max_delay); past max_failures within
-    # failure_window seconds the address is refused for lockout seconds.
+    # Failed logins from one client address (for IPv6, its /64): each failure delays
+    # the answer by delay_step more seconds (at most max_delay); past max_failures
+    # within failure_window seconds the address is refused for lockout seconds.
     delay_step: float = 1.0
     max_delay: float = 10.0
     max_failures: int = 10
@@ -337,6 +337,11 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{path}: [accounts] aliases: {e}") from None
     if not any(getattr(config.listeners, f.name) for f in dataclasses.fields(ListenersConfig)):
         raise ConfigError(f"{path}: [listeners]: no listener configured")
+    for kind in dataclasses.fields(ListenersConfig):
+        for description in getattr(config.listeners, kind.name):
+            problem = endpoint_problem(description)
+            if problem is not None:
+                raise ConfigError(f"{path}: [listeners] {kind.name}: {description!r}: {problem}")
     if config.server.trace_bodies not in ("summary", "full"):
         raise ConfigError(
             f"{path}: [server] trace_bodies: expected summary or full, "
@@ -362,6 +367,24 @@ def _check_imap(path: str, imap: IMAPConfig) -> None:
             f"{path}: [imap] idle_timeout: must be at least {IMAP_MIN_IDLE_TIMEOUT:.0f} "
             "seconds (RFC 3501 §5.4)"
         )
+
+
+def endpoint_problem(description: str) -> str | None:
+    """Why a Twisted server endpoint string cannot be used, or None if it parses.
+
+    The string is parsed against a memory reactor, so nothing is bound. ``systemd:``
+    endpoints are left to start-up: parsing them needs the sockets systemd passes in.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    if description.partition(":")[0] == "systemd":
+        return None
+    try:
+        serverFromString(MemoryReactor(), description)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        return str(e) or type(e).__name__
+    return None
 
 
 def _check_queue(path: str, queue: QueueConfig) -> None:

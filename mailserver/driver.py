@@ -96,6 +96,12 @@ class SessionProtocol(Protocol, TimeoutMixin):
     def timeoutConnection(self) -> None:
         if self._closing:
             return
+        if self._pending:
+            # The client is waiting for us (a slow disk, a delayed login answer), not
+            # idle: the idle period starts again once the effect has been answered.
+            # (TimeoutMixin has dropped its timer by now: set a new one.)
+            self.setTimeout(self.idle_timeout)
+            return
         reply = self.session.timed_out()
         if self.trace is not None:
             self.trace.server_data(reply)
@@ -171,6 +177,7 @@ class SessionProtocol(Protocol, TimeoutMixin):
         self._pending = False
         if self._closing:
             return False
+        self.resetTimeout()
         try:
             self.session.resume(result)
         except Exception:
@@ -198,6 +205,11 @@ class SessionProtocol(Protocol, TimeoutMixin):
         if self.trace is not None:
             self.trace.tls_started()
         self.transport.startTLS(self.tls_context)
+
+    def close(self) -> None:
+        """Close the connection from the server's side (at shutdown)."""
+        if not self._closing:
+            self._close()
 
     def _close(self) -> None:
         self._closing = True

@@ -12,7 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet import defer
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
@@ -73,6 +74,8 @@ class LimitedFactory(Factory):
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
         self.connections: Counter[str] = Counter()
+        # The live connections, each with a Deferred that fires when it is gone.
+        self.live: dict[SessionProtocol, defer.Deferred[None]] = {}
 
     def build_session(self, addr: IAddress, session_id: str) -> SessionSpec:
         raise NotImplementedError
@@ -107,6 +110,9 @@ class LimitedFactory(Factory):
             if self.connections[peer] <= 0:
                 del self.connections[peer]
             log.info("{role} disconnect session={session}", role=self.role, session=session_id)
+            gone = self.live.pop(proto, None)
+            if gone is not None:
+                gone.callback(None)
 
         proto = SessionProtocol(
             spec.session,
@@ -117,7 +123,29 @@ class LimitedFactory(Factory):
             trace=self._trace(session_id),
         )
         proto.factory = self
+        self.live[proto] = defer.Deferred()
         return proto
+
+    def close_all(self, clock: IReactorTime, grace: float = 5.0) -> defer.Deferred[None]:
+        """Close every live connection (at shutdown); fires once all are gone.
+
+        Each is closed cleanly first (what was written is flushed, TLS says close_notify);
+        one that is still open after ``grace`` seconds is aborted.
+        """
+        waiting = list(self.live.values())
+        for proto in list(self.live):
+            proto.close()
+        if not waiting:
+            return defer.succeed(None)
+        done = defer.DeferredList(waiting)
+
+        def abort() -> None:
+            for proto in list(self.live):
+                proto.transport.abortConnection()
+
+        timer = clock.callLater(grace, abort)
+        done.addBoth(lambda _: timer.cancel() if timer.active() else None)
+        return done
 
     def _trace(self, session_id: str) -> ConnectionTrace | None:
         if self.tracer is None:

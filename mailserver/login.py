@@ -7,6 +7,7 @@ while without its passwords being checked at all. A successful login clears the 
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from twisted.cred import error
@@ -22,6 +23,20 @@ from mailserver.config import AuthConfig
 log = Logger()
 
 
+def client_key(peer: str) -> str:
+    """Whose failures these are: the IPv4 address, or the /64 of an IPv6 address (one
+    host usually has a whole /64 to pick addresses from)."""
+    try:
+        address = ipaddress.ip_address(peer.split("%")[0])
+    except ValueError:
+        return peer
+    if address.version == 6 and not address.is_loopback:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 class TooManyFailures(Exception):
     """The client address is locked out for now: answer with a temporary error."""
 
@@ -35,27 +50,48 @@ class _Record:
 class LoginThrottle:
     """Bookkeeping of failed logins per client address."""
 
+    # Past this many addresses on record, those with nothing left to remember (no
+    # failure in the window, no lock-out running) are forgotten, so that guessers on
+    # many addresses cannot grow the table without bound.
+    prune_above = 10_000
+
     def __init__(self, clock: IReactorTime, config: AuthConfig) -> None:
         self.clock = clock
         self.config = config
         self._records: dict[str, _Record] = {}
+        self._prune_at = self.prune_above
 
     def locked(self, peer: str) -> bool:
-        record = self._records.get(peer)
+        record = self._records.get(client_key(peer))
         return record is not None and record.locked_until > self.clock.seconds()
 
     def failed(self, peer: str) -> float:
         """Note a failure; return how long to wait before answering it."""
         now = self.clock.seconds()
-        record = self._records.setdefault(peer, _Record())
+        record = self._records.setdefault(client_key(peer), _Record())
         window_start = now - self.config.failure_window
         record.failures = [t for t in record.failures if t > window_start] + [now]
         if len(record.failures) >= self.config.max_failures:
             record.locked_until = now + self.config.lockout
+        if len(self._records) > self._prune_at:
+            self._prune(now)
         return min(self.config.delay_step * len(record.failures), self.config.max_delay)
 
+    def _prune(self, now: float) -> None:
+        window_start = now - self.config.failure_window
+        self._records = {
+            peer: record
+            for peer, record in self._records.items()
+            if record.locked_until > now or (record.failures and record.failures[-1] > window_start)
+        }
+        # Amortised: the next pass waits until the table has grown by as much again.
+        self._prune_at = max(self.prune_above, 2 * len(self._records))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
     def succeeded(self, peer: str) -> None:
-        self._records.pop(peer, None)
+        self._records.pop(client_key(peer), None)
 
 
 class LoginService:

@@ -19,6 +19,7 @@ from mailserver.accounts import Directory
 from mailserver.config import Config, ConfigError
 from mailserver.imap.protocol import IMAPFactory
 from mailserver.imap.session import IMAPLimits
+from mailserver.limits import LimitedFactory
 from mailserver.login import LoginService
 from mailserver.mda import MDA
 from mailserver.msa import SubmissionPolicy
@@ -85,6 +86,10 @@ class ListenerService(Service):
 class MailServer(MultiService):
     """The whole server; its parts are attributes so tests and tools can reach them."""
 
+    # Seconds a session may take to close cleanly at shutdown before it is aborted
+    # (a TLS client that never finishes its handshake, one that never reads).
+    shutdown_grace = 3.0
+
     def __init__(self, config: Config, reactor: Any | None = None) -> None:
         super().__init__()
         if reactor is None:
@@ -122,6 +127,9 @@ class MailServer(MultiService):
         self.queue = QueueService(config, self.mda.deliver, reactor, tracer=self.tracer)
         self.queue.setServiceParent(self)
         self.listeners: dict[str, list[ListenerService]] = {}
+        self.factories: list[LimitedFactory] = []
+        # RFC 2449 §8.1.2 [IN-USE]: the maildrop locks, for POP3 and POP3S alike.
+        self.pop3_locks: set[str] = set()
         listeners = config.listeners
         for name, role, implicit_tls, make_factory in (
             ("smtp", "MTA", False, self._mta_factory),
@@ -136,12 +144,14 @@ class MailServer(MultiService):
             if not descriptions:
                 continue
             # One factory per listener kind: its limits and locks span all its endpoints.
-            factory = make_factory(implicit_tls)
-            factory.tracer = self.tracer
-            factory.implicit_tls = implicit_tls
+            sessions = make_factory(implicit_tls)
+            sessions.tracer = self.tracer
+            sessions.implicit_tls = implicit_tls
+            self.factories.append(sessions)
+            factory: Factory = sessions
             if implicit_tls:
                 # RFC 8314: the TLS handshake comes first, then the protocol.
-                factory = TLSMemoryBIOFactory(self.tls, False, factory)
+                factory = TLSMemoryBIOFactory(self.tls, False, sessions)
             for description in descriptions:
                 self.add_listener(name, role, description, factory)
 
@@ -150,10 +160,22 @@ class MailServer(MultiService):
         # SIGHUP re-reads the certificate and key without dropping sessions.
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.tls.reload))
 
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop listening, then close the sessions still open and wait until they are."""
+        d = defer.maybeDeferred(super().stopService)
+
+        def close_sessions(_: object) -> defer.Deferred:
+            closing = [f.close_all(self.reactor, self.shutdown_grace) for f in self.factories]
+            return defer.DeferredList(closing)
+
+        d.addCallback(close_sessions)
+        d.addCallback(lambda _: None)
+        return d
+
     def _plaintext_on_loopback(self) -> bool:
         return self.config.auth.allow_plaintext_on_loopback
 
-    def _imap_factory(self, implicit_tls: bool) -> Factory:
+    def _imap_factory(self, implicit_tls: bool) -> LimitedFactory:
         imap = self.config.imap
         limits = IMAPLimits(
             max_line=imap.max_line,
@@ -175,7 +197,7 @@ class MailServer(MultiService):
             allow_plaintext_on_loopback=self._plaintext_on_loopback(),
         )
 
-    def _pop3_factory(self, implicit_tls: bool) -> Factory:
+    def _pop3_factory(self, implicit_tls: bool) -> LimitedFactory:
         return POP3Factory(
             self.store,
             self.login,
@@ -184,6 +206,7 @@ class MailServer(MultiService):
             tls=self.tls,
             implicit_tls=implicit_tls,
             allow_plaintext_on_loopback=self._plaintext_on_loopback(),
+            locks=self.pop3_locks,
         )
 
     def _smtp_limits(self) -> SMTPLimits:
@@ -196,7 +219,7 @@ class MailServer(MultiService):
             max_errors=smtp.max_errors,
         )
 
-    def _smtp_factory(self, role: SMTPRole, policy: SMTPPolicy) -> Factory:
+    def _smtp_factory(self, role: SMTPRole, policy: SMTPPolicy) -> LimitedFactory:
         smtp = self.config.smtp
         domains = self.config.domains.local
         postmaster_domain = domains[0] if domains else self.config.server.hostname
@@ -214,12 +237,12 @@ class MailServer(MultiService):
             max_connections_per_client=smtp.max_connections_per_client,
         )
 
-    def _mta_factory(self, implicit_tls: bool) -> Factory:
+    def _mta_factory(self, implicit_tls: bool) -> LimitedFactory:
         # The MTA offers STARTTLS and never AUTH, whatever a client claims.
         role = SMTPRole("MTA", starttls=True)
         return self._smtp_factory(role, InboundPolicy(self.directory, self.store, self.mda))
 
-    def _msa_factory(self, implicit_tls: bool) -> Factory:
+    def _msa_factory(self, implicit_tls: bool) -> LimitedFactory:
         role = SMTPRole(
             "MSA",
             starttls=not implicit_tls,
@@ -255,8 +278,14 @@ def make_tls(config: Config) -> ServerTLS:
     if config.tls.cert_file:
         cert, key = config.resolve(config.tls.cert_file), config.resolve(config.tls.key_file)
     else:
-        run_dir = config.resolve(config.server.run_dir)
-        _, cert, key = ensure_dev_certificate(os.path.join(run_dir, "tls"), config.server.hostname)
+        directory = os.path.join(config.resolve(config.server.run_dir), "tls")
+        try:
+            _, cert, key = ensure_dev_certificate(directory, config.server.hostname)
+        except OSError as e:
+            raise ConfigError(
+                f"{config.path}: [tls]: cannot make a development certificate in "
+                f"{directory}: {e.strerror}"
+            ) from None
     try:
         return ServerTLS(cert, key)
     except TLSConfigError as e:
@@ -264,11 +293,19 @@ def make_tls(config: Config) -> ServerTLS:
 
 
 def prepare_run_dir(config: Config) -> None:
-    """Create the run directory, and the store from the sample on first start."""
-    os.makedirs(config.resolve(config.server.run_dir), exist_ok=True)
+    """Create the run directory, and the store from the sample on first start.
+
+    A directory that cannot be made raises ConfigError naming the key."""
+    run_dir = config.resolve(config.server.run_dir)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{config.path}: [server] run_dir: {run_dir}: {e.strerror}") from None
     maildir = config.resolve(config.store.maildir)
     sample = config.resolve(config.store.sample)
-    if not os.path.exists(maildir):
+    if os.path.exists(maildir):
+        return
+    try:
         if sample and os.path.isdir(sample):
             shutil.copytree(sample, maildir, ignore=shutil.ignore_patterns(".gitkeep"))
             log.info(
@@ -278,3 +315,5 @@ def prepare_run_dir(config: Config) -> None:
             )
         else:
             os.makedirs(maildir, mode=0o700)
+    except OSError as e:
+        raise ConfigError(f"{config.path}: [store] maildir: {maildir}: {e.strerror}") from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+from typing import NoReturn
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -28,15 +30,16 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         path = self["config"]
-        if not os.path.exists(path):
-            raise usage.UsageError(f"{path}: file not found")
         try:
+            if not os.path.exists(path):
+                raise ConfigError(f"{path}: file not found")
             config = load(path)
             check_passwd_file(config)
             check_tls_files(config)
             check_queue_files(config)
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            # One line, not twistd's usage text followed by the error (a UsageError).
+            refuse(e)
         if self["trace"]:
             config = dataclasses.replace(
                 config, server=dataclasses.replace(config.server, trace=True)
@@ -44,6 +47,15 @@ class Options(usage.Options):
         self.config: Config = config
 
 
-def makeService(options: Options) -> IService:
+def refuse(error: ConfigError) -> NoReturn:
+    """Stop start-up with one line on stderr naming the file and the key."""
+    sys.stderr.write(f"mailserver: {error}\n")
+    raise SystemExit(1)
 
-    return MailServer(options.config)
+
+def makeService(options: Options) -> IService:
+    try:
+        return MailServer(options.config)
+    except ConfigError as e:
+        # The run directory, the store or the development certificate cannot be made.
+        refuse(e)

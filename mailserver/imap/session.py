@@ -67,6 +67,10 @@ ENABLEABLE = ("CONDSTORE",)
 Job = Generator[Action, Any, None]
 
 
+# The octets of literals one command may carry before the client has logged in.
+MAX_PREAUTH_LITERAL = 8192
+
+
 @dataclass(frozen=True)
 class IMAPLimits:
     max_line: int = 8192
@@ -413,7 +417,7 @@ class IMAPSession:
             return True
         size, nonsync = literal
         self._literal_total += size
-        if self._literal_total > self.limits.max_literal:
+        if self._literal_total > self._literal_limit():
             tag = _tag_of(self._pieces[0])
             self._reset_command()
             if nonsync:
@@ -433,6 +437,13 @@ class IMAPSession:
         if size == 0:
             self._pieces.append(b"")
         return True
+
+    def _literal_limit(self) -> int:
+        """Before login only LOGIN's user name and password come as literals: an
+        unauthenticated client may not make the server hold megabytes (RFC 7888 §4)."""
+        if self.user is None:
+            return min(self.limits.max_literal, MAX_PREAUTH_LITERAL)
+        return self.limits.max_literal
 
     def _reset_command(self) -> None:
         self._pieces = []

@@ -162,6 +162,7 @@ class POP3Factory(LimitedFactory):
         tls: Any = None,
         implicit_tls: bool = False,
         allow_plaintext_on_loopback: bool = False,
+        locks: set[str] | None = None,
     ) -> None:
         super().__init__(ROLE, config.max_connections, config.max_connections_per_client)
         self.implicit_tls = implicit_tls
@@ -171,7 +172,9 @@ class POP3Factory(LimitedFactory):
         self.hostname = hostname
         self.tls = tls
         self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
-        self.locks: set[str] = set()  # addresses whose maildrop a session holds
+        # Addresses whose maildrop a session holds; shared by the POP3 and POP3S
+        # listeners, so that one maildrop has one session whichever port it came by.
+        self.locks: set[str] = locks if locks is not None else set()
 
     def build_session(self, addr: IAddress, session_id: str) -> SessionSpec:
         peer = peer_host(addr)

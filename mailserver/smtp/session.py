@@ -531,12 +531,18 @@ class SMTPSession:
         self._error(Reply(502, "5.5.1", "EXPN not available"))
 
     def _do_HELP(self, argument: str) -> None:
+        commands = ["EHLO", "HELO"]
+        if self.role.starttls and not self.tls:
+            commands.append("STARTTLS")
+        if self._auth_allowed():
+            commands.append("AUTH")
+        commands += ["MAIL", "RCPT", "DATA", "RSET", "NOOP", "VRFY", "HELP", "QUIT"]
         self._reply(
             Reply(
                 214,
                 "2.0.0",
                 (
-                    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+                    "Commands: " + " ".join(commands),
                     "See RFC 5321 (https://www.rfc-editor.org/rfc/rfc5321)",
                 ),
             )
@@ -572,8 +578,10 @@ class SMTPSession:
             protocol += ("S" if self.tls else "") + ("A" if self.auth_user else "")
         recipient = f"\r\n\tfor <{envelope.rcpt_to[0]}>" if len(envelope.rcpt_to) == 1 else ""
         date = email.utils.formatdate(self.clock(), localtime=True)
+        # RFC 5321 §4.1.3: an IPv6 address literal is tagged "IPv6:".
+        literal = f"[IPv6:{self.peer}]" if ":" in self.peer else f"[{self.peer}]"
         return (
-            f"Received: from {envelope.helo} ([{self.peer}])\r\n"
+            f"Received: from {envelope.helo} ({literal})\r\n"
             f"\tby {self.hostname} (mailserver) with {protocol} id {self.session_id}"
             f"{recipient};\r\n\t{date}\r\n"
         ).encode("ascii", "replace")

@@ -28,6 +28,7 @@ def write_config(
     extra: str = "",
     domain: str = "example.test",
     trace: bool = False,
+    plaintext_on_loopback: bool = True,
 ) -> str:
     """A configuration like the embedded default, in ``directory``, on the given ports
     (0 = ephemeral), with an empty store, serving ``domain``; returns its path."""
@@ -70,7 +71,7 @@ pop3 = {listener("pop3")}
 pop3s = {listener("pop3s")}
 
 [auth]
-allow_plaintext_on_loopback = true
+allow_plaintext_on_loopback = {"true" if plaintext_on_loopback else "false"}
 {extra}
 """
         )
@@ -82,10 +83,17 @@ class ServerTestCase(unittest.TestCase):
 
     extra_config = ""
     trace = False
+    plaintext_on_loopback = True
 
     async def start_server(self) -> MailServer:
         self.directory = os.path.abspath(self.mktemp())
-        self.config = load(write_config(self.directory, extra=self.extra_config, trace=self.trace))
+        path = write_config(
+            self.directory,
+            extra=self.extra_config,
+            trace=self.trace,
+            plaintext_on_loopback=self.plaintext_on_loopback,
+        )
+        self.config = load(path)
         self.server = MailServer(self.config)
         self.server.startService()
         self.addCleanup(self.server.stopService)

@@ -33,7 +33,8 @@ def test_user_add_passwd_list(tmp_path, capsys, monkeypatch) -> None:
     assert main(["user", "add", "carol@example.test", "--config", config, "--password-stdin"]) == 0
     accounts = read_passwd(str(tmp_path / "passwd"))
     assert verify_password("pw1", accounts["carol@example.test"].password_hash)
-    assert oct(os.stat(tmp_path / "passwd").st_mode & 0o777) == "0o600"
+    # The copy was 0644: the edit keeps owner and group rights, never world-readable.
+    assert oct(os.stat(tmp_path / "passwd").st_mode & 0o777) == "0o640"
 
     monkeypatch.setattr("sys.stdin", io.StringIO("pw2\n"))
     assert (
@@ -65,3 +66,59 @@ def test_user_errors(tmp_path, capsys, monkeypatch) -> None:
     assert main(["user", "add", "../x@example.test", "--config", config, "--password-stdin"]) == 1
     err = capsys.readouterr().err
     assert "exists already" in err and "not a local domain" in err and "no such user" in err
+
+
+def test_user_edits_keep_other_lines_and_fields(tmp_path, capsys, monkeypatch) -> None:
+    config = make_config(tmp_path)
+    passwd = tmp_path / "passwd"
+    passwd.write_text(
+        "# office users\n"
+        "alice@example.test:{PLAIN}old:1000:1000::/home/alice::userdb_quota_rule=*:storage=1G\n"
+        "bob@example.test:{PLAIN}bob\n"
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO("new\n"))
+    args = ["user", "passwd", "ALICE@example.test", "--config", config, "--password-stdin"]
+    assert main(args) == 0
+    lines = passwd.read_text().splitlines()
+    assert lines[0] == "# office users"
+    user, hashed, extra = lines[1].split(":", 2)
+    assert (user, extra) == (
+        "alice@example.test",
+        "1000:1000::/home/alice::userdb_quota_rule=*:storage=1G",
+    )
+    assert verify_password("new", hashed)
+    assert lines[2] == "bob@example.test:{PLAIN}bob"
+    # No temporary file is left next to it.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".passwd")) == []
+
+
+def test_concurrent_user_adds_lose_nothing(tmp_path) -> None:
+    """Each edit re-reads the file under its lock, so parallel adds all land."""
+    import subprocess
+    import sys
+
+    config = make_config(tmp_path)
+    names = [f"user{i}@example.test" for i in range(6)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mailserver.cli",
+                "user",
+                "add",
+                name,
+                "--config",
+                config,
+                "--password-stdin",
+            ],
+            stdin=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        for name in names
+    ]
+    for proc in procs:
+        proc.communicate(b"pw\n", timeout=60)
+        assert proc.returncode == 0
+    accounts = read_passwd(str(tmp_path / "passwd"))
+    assert set(names) <= set(accounts)

@@ -40,6 +40,9 @@ def test_embedded_default_loads() -> None:
         ("[listeners]\nsmtp = [1]\n", "[listeners] smtp: expected a string"),
         ("[domains]\nlocal = ['bad_domain!']\n", "[domains] local: domain not allowed"),
         ("[listeners]\n", "[listeners]: no listener configured"),
+        ("[listeners]\nsmtp = ['foo:25']\n", "[listeners] smtp: 'foo:25': Unknown endpoint type"),
+        ("[listeners]\nimap = ['tcp:abc']\n", "[listeners] imap: 'tcp:abc': invalid literal"),
+        ("[listeners]\npop3 = ['tcp:1:bogus=1']\n", "[listeners] pop3: 'tcp:1:bogus=1': "),
         ("server = 1\n", "server: must be a table"),
         ("[imap]\nmax_sessions_per_user = 0\n", "[imap] max_sessions_per_user: must be greater"),
         ("[imap]\nmax_sessions_per_user = 1.5\n", "[imap] max_sessions_per_user: expected an"),
@@ -84,4 +87,61 @@ def test_twistd_refuses_a_bad_file_with_one_clear_line(tmp_path) -> None:
         cwd=ROOT,
     )
     assert result.returncode != 0
-    assert f"{path}: [smtp] max_recipients: expected an integer" in result.stderr + result.stdout
+    # One line, not twistd's usage text: the file, the key, the problem.
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"mailserver: {path}: [smtp] max_recipients: expected an integer, got 'many'"
+    ]
+
+
+def test_twistd_refuses_a_missing_file_with_one_line(tmp_path) -> None:
+    path = str(tmp_path / "absent.toml")
+    result = subprocess.run(
+        [TWISTD, "-n", "mailserver", "--config", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1
+    assert (result.stdout, result.stderr) == ("", f"mailserver: {path}: file not found\n")
+
+
+def test_systemd_endpoints_are_left_to_start_up(tmp_path) -> None:
+    config = load(write(tmp_path, "[listeners]\nsmtp = ['systemd:domain=INET:index=0']\n"))
+    assert config.listeners.smtp == ("systemd:domain=INET:index=0",)
+
+
+def test_twistd_refuses_an_unusable_run_dir_with_one_line(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    (tmp_path / "passwd").write_text("")
+    path = write(
+        tmp_path,
+        f'[server]\nrun_dir = "{blocker}/run"\n[accounts]\npasswd_file = "passwd"\n'
+        '[listeners]\nsmtp = ["tcp:0:interface=127.0.0.1"]\n',
+    )
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "mailserver", "--config", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr == f"mailserver: {path}: [server] run_dir: {blocker}/run: Not a directory\n"
+    )
+
+
+def test_twistd_lists_the_plugin_and_its_options() -> None:
+    listing = subprocess.run(
+        [TWISTD, "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert listing.returncode == 0
+    assert any(line.split()[:1] == ["mailserver"] for line in listing.stdout.splitlines())
+    options = subprocess.run(
+        [TWISTD, "mailserver", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert options.returncode == 0
+    assert "--config=" in options.stdout and "--trace" in options.stdout

@@ -76,6 +76,21 @@ def test_idle_timeout_says_421_and_closes() -> None:
     assert transport.disconnecting
 
 
+def test_no_idle_timeout_while_the_server_is_busy() -> None:
+    proto, transport, clock, pending = make(timeout=300)
+    proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<>\r\n")
+    clock.advance(1000)  # the sender check takes long: the client is not idle
+    assert not transport.disconnecting
+    transport.clear()
+    pending[0][1].callback(Reply(250, "2.1.0", "OK"))
+    assert transport.value() == b"250 2.1.0 OK\r\n"
+    clock.advance(299)  # a whole idle period from the answer
+    assert not transport.disconnecting
+    clock.advance(2)
+    assert transport.value().endswith(b"421 4.4.2 mx.test Timeout, closing connection\r\n")
+    assert transport.disconnecting
+
+
 def test_reading_pauses_while_a_busy_session_has_much_buffered() -> None:
     proto, transport, _, pending = make()
     proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<a@example.test>\r\n")

@@ -1172,6 +1172,20 @@ def test_literal_too_big_non_synchronizing(mail: Mail) -> None:
     assert client.closed
 
 
+def test_literals_before_login_are_small(mail: Mail) -> None:
+    """An unauthenticated client cannot make the server hold a big literal."""
+    client = Client(mail)  # the default limits: 64 MiB literals once logged in
+    assert client.send(b"a LOGIN {8193}\r\n") == b"a NO [TOOBIG] Literal too big\r\n"
+    assert client.send(b"b LOGIN alice {8193+}\r\n") == b"* BYE [TOOBIG] Literal too big\r\n"
+    assert client.closed
+    client = Client(mail)
+    assert client.send(b"c LOGIN {5}\r\n") == b"+ Ready for literal data\r\n"
+    assert client.send(b"alice {6}\r\n") == b"+ Ready for literal data\r\n"
+    assert client.send(b"secret\r\n").startswith(b"c OK ")
+    # Logged in, APPEND may send the big literals it needs.
+    assert client.send(b"d APPEND INBOX {9000}\r\n") == b"+ Ready for literal data\r\n"
+
+
 def test_literal_with_too_many_digits(mail: Mail) -> None:
     client = Client(mail)
     assert client.send(b"a LOGIN {99999999999}\r\n") == b"a BAD literal length too large\r\n"

@@ -7,7 +7,7 @@ from twisted.trial import unittest
 
 from mailserver.accounts import Directory
 from mailserver.config import AuthConfig
-from mailserver.login import LoginService, TooManyFailures
+from mailserver.login import LoginService, TooManyFailures, client_key
 
 
 class FakeThreadsDirectory(Directory):
@@ -76,3 +76,27 @@ class ThrottleTests(unittest.TestCase):
         self.clock.advance(1.01)
         self.assertEqual(results, [None])
         self.assertEqual(self.attempt("secret"), ["alice@example.test"])
+
+    def test_stale_records_are_forgotten(self) -> None:
+        throttle = self.service.throttle
+        throttle.prune_above = throttle._prune_at = 3
+        self.attempt("wrong", peer="192.0.2.100")
+        for _ in range(4):
+            self.attempt("wrong", peer="192.0.2.101")  # locked out for 300 s
+        self.clock.advance(61)  # both leave the window; .101 is still locked out
+        self.attempt("wrong", peer="198.51.100.1")
+        self.assertEqual(len(throttle), 3)
+        self.attempt("wrong", peer="198.51.100.2")  # over the bound: a pruning pass
+        self.assertEqual(len(throttle), 3)  # .100 forgotten, the lock-out kept
+        self.assertTrue(throttle.locked("192.0.2.101"))
+
+    def test_ipv6_failures_count_per_64(self) -> None:
+        for n in range(4):
+            self.attempt("wrong", peer=f"2001:db8:1:2::{n + 1}")
+            self.clock.advance(5)
+        results = self.attempt("secret", peer="2001:db8:1:2:ffff::9")  # same /64
+        self.assertTrue(results[0].check(TooManyFailures))
+        self.assertEqual(self.attempt("secret", peer="2001:db8:1:3::1"), ["alice@example.test"])
+        # An IPv4 client seen through an IPv6 socket is the IPv4 address.
+        self.assertEqual(client_key("::ffff:192.0.2.1"), "192.0.2.1")
+        self.assertEqual(client_key("::1"), "::1")

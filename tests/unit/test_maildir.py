@@ -176,3 +176,22 @@ def test_crlf_from_base() -> None:
     assert crlf_from_base("1.M2P3.host,S=10,W=10") is True
     assert crlf_from_base("1.M2P3.host,S=10,W=12") is False
     assert crlf_from_base("1.M2P3.host") is None
+
+
+def test_unique_base_differs_across_restarts_with_the_same_pid_and_time(monkeypatch) -> None:
+    """A restarted process may get the same pid within the same microsecond, and its
+    counter starts again at 1: the random part still keeps the names apart."""
+    import itertools
+
+    from mailserver.store import maildir
+
+    monkeypatch.setattr(maildir.time, "time", lambda: 1_800_000_000.25)
+    monkeypatch.setattr(maildir.os, "getpid", lambda: 4242)
+    names = set()
+    for _ in range(20):
+        monkeypatch.setattr(maildir, "_counter", itertools.count(1))  # a "restart"
+        names.add(maildir.unique_base("mail.example.test"))
+    assert len(names) == 20
+    assert all(n.startswith("1800000000.M250000P4242Q1R") for n in names)
+    # maildir(5): "/" and ":" in the host name are escaped, so flags stay parseable.
+    assert maildir.unique_base("a/b:c").endswith(".a\\057b\\072c")

@@ -26,10 +26,15 @@ LOCAL = {"alice@example.test", "bob@example.test", "postmaster@example.test"}
 class Transcript:
     """Runs a session the way the driver does, with policy decisions made in memory."""
 
-    def __init__(self, limits: SMTPLimits | None = None, role: SMTPRole | None = None) -> None:
+    def __init__(
+        self,
+        limits: SMTPLimits | None = None,
+        role: SMTPRole | None = None,
+        peer: str = "192.0.2.7",
+    ) -> None:
         self.session = SMTPSession(
             HOST,
-            "192.0.2.7",
+            peer,
             "sid1",
             limits or SMTPLimits(),
             "postmaster@example.test",
@@ -362,3 +367,11 @@ def test_any_text_either_parses_or_raises_path_error(text: str) -> None:
         parse_path(text, allow_null=True)
     except PathError:
         pass
+
+
+def test_received_header_tags_an_ipv6_peer() -> None:
+    t = Transcript(peer="2001:db8::7")
+    t.drain()
+    t.send(b"EHLO c.example\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    assert t.send(b"x\r\n.\r\n") == b"250 2.0.0 OK queued\r\n"
+    assert t.delivered[0].chunks[0].startswith(b"Received: from c.example ([IPv6:2001:db8::7])\r\n")

@@ -158,3 +158,29 @@ def test_locked_out_client_gets_454() -> None:
     t.session.resume(Failure(TooManyFailures("192.0.2.7")))
     assert action is not None
     assert t.drain() == b"454 4.7.0 Temporary authentication failure\r\n"
+
+
+def test_help_lists_the_commands_that_work_here() -> None:
+    t = started(role=MTA)
+    assert t.send(b"HELP\r\n").startswith(
+        b"214-2.0.0 Commands: EHLO HELO STARTTLS MAIL RCPT DATA RSET NOOP VRFY HELP QUIT\r\n"
+    )
+    t = started(role=MSA_TLS)
+    assert t.send(b"HELP\r\n").startswith(
+        b"214-2.0.0 Commands: EHLO HELO AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT\r\n"
+    )
+
+
+def test_starttls_forgets_an_earlier_auth() -> None:
+    """RFC 3207 §4.2: after the handshake the client must EHLO and AUTH again."""
+    t = started(role=MSA_LOOPBACK)
+    t.send(b"EHLO c.example\r\n")
+    assert t.send(b"AUTH PLAIN " + plain() + b"\r\n") == b"235 2.7.0 Authentication successful\r\n"
+    assert t.send(b"STARTTLS\r\nAUTH PLAIN " + plain() + b"\r\n") == (
+        b"220 2.0.0 Ready to start TLS\r\n"  # the AUTH in the same packet is dropped
+    )
+    assert t.session.auth_user is None
+    t.send(b"EHLO c.example\r\n")
+    assert t.send(b"MAIL FROM:<alice@example.test>\r\n") == b"530 5.7.0 Authentication required\r\n"
+    assert t.send(b"AUTH PLAIN " + plain() + b"\r\n") == b"235 2.7.0 Authentication successful\r\n"
+    assert t.send(b"MAIL FROM:<alice@example.test>\r\n") == b"250 2.1.0 Sender OK\r\n"
