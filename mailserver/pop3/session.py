@@ -13,6 +13,7 @@ import base64
 import binascii
 import enum
 import hashlib
+import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -93,6 +94,10 @@ class State(enum.Enum):
     CLOSED = "CLOSED"
 
 
+# RFC 1939 §7: 1 to 70 characters in the range 0x21 to 0x7E.
+_UNIQUE_ID = re.compile(rf"[!-~]{{1,{MAX_UNIQUE_ID}}}")
+
+
 def unique_id_for(base: str) -> str:
     """The UIDL unique-id of a Maildir message: its base name when RFC 1939 §7 allows it.
 
@@ -100,7 +105,7 @@ def unique_id_for(base: str) -> str:
     that is too long or has other characters (a long host name, a file left by another
     tool) is replaced by its SHA-256 digest, which is just as stable.
     """
-    if 0 < len(base) <= MAX_UNIQUE_ID and all("!" <= c <= "~" for c in base):
+    if _UNIQUE_ID.fullmatch(base):
         return base
     return hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()
 

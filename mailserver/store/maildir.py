@@ -111,7 +111,9 @@ def read_message_file(path: str, crlf: bool) -> bytes:
     with open(path, "rb") as f:
         data = f.read()
     if not crlf:
-        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if b"\r" in data:  # mixed line ends: make every one CRLF
+            data = data.replace(b"\r\n", b"\n")
+        data = data.replace(b"\n", b"\r\n")
     return data
 
 
