@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import sys
 from typing import NoReturn
@@ -16,6 +17,13 @@ from mailserver.queue.service import check_queue_files
 from mailserver.service import MailServer, check_tls_files
 
 DEFAULT_CONFIG = "etc/mailserver.toml"
+# A mail server keeps large indexes alive for as long as it runs (a folder of 10,000
+# messages is some 30,000 objects). With CPython's default thresholds (700, 10, 10) the
+# cycle collector walks all of them again and again: a full collection with one such
+# folder open took 60 ms, a pause every client of the reactor felt (a POP3 UIDL of 5 ms
+# took 65). Reference counting still frees at once all that is not a cycle; cycles wait
+# for rarer collections.
+GC_THRESHOLDS = (50_000, 20, 20)
 
 
 class Options(usage.Options):
@@ -55,7 +63,10 @@ def refuse(error: ConfigError) -> NoReturn:
 
 def makeService(options: Options) -> IService:
     try:
-        return MailServer(options.config)
+        server = MailServer(options.config)
     except ConfigError as e:
         # The run directory, the store or the development certificate cannot be made.
         refuse(e)
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()  # what start-up built (modules, configuration) lives as long as we do
+    return server
