@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import time
+from collections.abc import Callable
 
 from twisted.internet import reactor, task
 from twisted.trial import unittest
@@ -36,6 +37,13 @@ class Smarthost(unittest.TestCase):
         for listeners in server.listeners.values():
             await listeners[0].listening
         return server
+
+    async def wait_until(self, condition: Callable[[], object], what: str) -> None:
+        """Let the reactor run until ``condition`` holds; fail after 20 s with ``what``."""
+        deadline = time.monotonic() + 20
+        while not condition():
+            self.assertLess(time.monotonic(), deadline, what)
+            await task.deferLater(reactor, 0.05, lambda: None)
 
     async def relay_through(
         self, listener: str, tls: str, events: list[TraceEvent] | None = None
@@ -66,10 +74,9 @@ class Smarthost(unittest.TestCase):
         await office.queue.started
         await office.queue.enqueue(ALICE, [BOB], [MESSAGE])
         inbox = os.path.join(provider_dir, "run", "Maildir", "example.test", "bob", "new")
-        deadline = time.monotonic() + 20
-        while not (os.path.isdir(inbox) and os.listdir(inbox)):
-            self.assertLess(time.monotonic(), deadline, "not relayed in time")
-            await task.deferLater(reactor, 0.05, lambda: None)
+        await self.wait_until(
+            lambda: os.path.isdir(inbox) and os.listdir(inbox), "not relayed in time"
+        )
         (name,) = os.listdir(inbox)
         with open(os.path.join(inbox, name), "rb") as f:
             stored = f.read()
@@ -113,10 +120,7 @@ class Smarthost(unittest.TestCase):
         await office.queue.started
         queue_id = await office.queue.enqueue(ALICE, [BOB], [MESSAGE])
         entries = office.queue.scheduler.entries
-        deadline = time.monotonic() + 20
-        while entries[queue_id].attempts < 1:
-            self.assertLess(time.monotonic(), deadline, "no attempt in time")
-            await task.deferLater(reactor, 0.05, lambda: None)
+        await self.wait_until(lambda: entries[queue_id].attempts >= 1, "no attempt in time")
         (rcpt,) = entries[queue_id].recipients
         self.assertEqual(rcpt.status, "pending")
         self.assertIn("certificate verify failed", rcpt.diagnostic)
@@ -154,10 +158,9 @@ class Smarthost(unittest.TestCase):
     async def test_mx_tls_verify_delivers_over_verified_tls(self) -> None:
         # The provider's certificate names its host name, mail.example.test.
         inbox, _, _ = await self.deliver_to_verified_mx("mail.example.test")
-        deadline = time.monotonic() + 20
-        while not (os.path.isdir(inbox) and os.listdir(inbox)):
-            self.assertLess(time.monotonic(), deadline, "not delivered in time")
-            await task.deferLater(reactor, 0.05, lambda: None)
+        await self.wait_until(
+            lambda: os.path.isdir(inbox) and os.listdir(inbox), "not delivered in time"
+        )
         (name,) = os.listdir(inbox)
         with open(os.path.join(inbox, name), "rb") as f:
             stored = f.read()
@@ -167,10 +170,7 @@ class Smarthost(unittest.TestCase):
     async def test_mx_tls_verify_refuses_a_certificate_for_another_name(self) -> None:
         inbox, queue_id, office = await self.deliver_to_verified_mx("mx.example.test")
         entries = office.queue.scheduler.entries
-        deadline = time.monotonic() + 20
-        while entries[queue_id].attempts < 1:
-            self.assertLess(time.monotonic(), deadline, "no attempt in time")
-            await task.deferLater(reactor, 0.05, lambda: None)
+        await self.wait_until(lambda: entries[queue_id].attempts >= 1, "no attempt in time")
         (rcpt,) = entries[queue_id].recipients
         self.assertEqual(rcpt.status, "pending")
         self.assertIn("mx.example.test [127.0.0.1]", rcpt.remote)
