@@ -14,6 +14,7 @@ from mailserver.imap.session import (
     CopyMessages,
     IMAPLimits,
     IMAPSession,
+    MeasureFolder,
     Pause,
     ReadMessage,
     UserSessions,
@@ -102,6 +103,8 @@ class IMAPFactory(LimitedFactory):
         def run(effect: Effect) -> Any:
             if isinstance(effect, ReadMessage):
                 return reader.read(effect.folder, effect.uid, effect.upcoming)
+            if isinstance(effect, MeasureFolder):
+                return effect.folder.measure()
             if isinstance(effect, Pause):
                 return task.deferLater(self.reactor, 0, lambda: None)
             if isinstance(effect, AppendMessage):

@@ -153,6 +153,14 @@ class ReadMessage(Effect):
 
 
 @dataclass(frozen=True)
+class MeasureFolder(Effect):
+    """Learn the sizes, line ends and dates of files other programs put in the folder
+    (Folder.measure), before a command that reports them."""
+
+    folder: Folder
+
+
+@dataclass(frozen=True)
 class Pause(Effect):
     """Let the reactor serve others before going on (a long reply in progress)."""
 
@@ -485,6 +493,13 @@ class IMAPSession:
         elif command.name in _NOT_AUTHENTICATED_STATE and self.user is not None:
             self._bad(command.tag, "Already logged in")
             return
+        if (
+            command.name in _NEEDS_MEASURED
+            and self.selected is not None
+            and self.selected.folder.unmeasured
+        ):
+            self._job, self._job_tag = self._measured_first(handler, command), command.tag
+            return
         try:
             job = handler(command)
         except Exception as e:
@@ -493,6 +508,14 @@ class IMAPSession:
             return
         if job is not None:
             self._job, self._job_tag = job, command.tag
+
+    def _measured_first(self, handler: Callable[[p.Command], Job | None], c: p.Command) -> Job:
+        """Run a command that reports sizes or dates once the folder is measured."""
+        assert self.selected is not None
+        yield MeasureFolder(self.selected.folder)
+        job = handler(c)
+        if job is not None:
+            yield from job
 
     # Any state (RFC 3501 §6.1) ---------------------------------------------------------
     def _cmd_CAPABILITY(self, c: p.Command) -> None:
@@ -870,12 +893,23 @@ class IMAPSession:
             modseq = self.selected.folder.highest_modseq
             self._send(f"* OK [HIGHESTMODSEQ {modseq}] Highest\r\n".encode())
 
-    def _cmd_STATUS(self, c: p.Command) -> None:
+    def _cmd_STATUS(self, c: p.Command) -> Job | None:
         assert isinstance(c.args, p.Status)
         folder = self._folder(c.tag, c.args.mailbox)
         if folder is None:
-            return
+            return None
         folder.refresh()
+        if "SIZE" in c.args.items and folder.unmeasured:
+            return self._status_measured(c, folder)
+        self._status(c, folder)
+        return None
+
+    def _status_measured(self, c: p.Command, folder: Folder) -> Job:
+        yield MeasureFolder(folder)
+        self._status(c, folder)
+
+    def _status(self, c: p.Command, folder: Folder) -> None:
+        assert isinstance(c.args, p.Status)
         values = {
             "MESSAGES": len(folder.messages),
             "RECENT": len(folder.recent_uids()),
@@ -1403,6 +1437,8 @@ def _pattern(pattern: str) -> Callable[[str], bool]:
 _INDEX_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
 _ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID", "LOGIN", "AUTHENTICATE", "STARTTLS"})
 _NOT_AUTHENTICATED_STATE = frozenset({"LOGIN", "AUTHENTICATE", "STARTTLS"})
+# Commands that report (or copy) RFC822.SIZE, INTERNALDATE or the bytes of messages.
+_NEEDS_MEASURED = frozenset({"FETCH", "SEARCH", "COPY", "MOVE"})
 _SELECTED_STATE = frozenset(
     {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "STORE", "FETCH", "SEARCH", "COPY", "MOVE"}
 )

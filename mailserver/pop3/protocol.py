@@ -90,7 +90,7 @@ class POP3Connection:
         d.addCallback(logged)
         return d
 
-    def _open(self, address: str) -> list[MaildropEntry]:
+    def _open(self, address: str) -> defer.Deferred[list[MaildropEntry]]:
         locks = self.factory.locks
         if address in locks:
             self._log("maildrop in use user={user}", user=address)
@@ -104,7 +104,18 @@ class POP3Connection:
             self._release()
             raise
         self.folder = folder
-        return [MaildropEntry(m.uid, unique_id_for(m.base), m.size) for m in folder.messages]
+
+        def listed(_: None) -> list[MaildropEntry]:
+            return [MaildropEntry(m.uid, unique_id_for(m.base), m.size) for m in folder.messages]
+
+        def failed(failure: Failure) -> Failure:
+            self._release()
+            return failure
+
+        # RFC 1939 §5 STAT and LIST give sizes: files other programs wrote are read first.
+        d = folder.measure()
+        d.addCallbacks(listed, failed)
+        return d
 
     def _read(self, uid: int, upcoming: tuple[int, ...]) -> defer.Deferred[bytes]:
         assert self.folder is not None, "ReadMessage before OpenMaildrop"

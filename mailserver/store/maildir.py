@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailserver.names import BadName, check_folder_name, split_address
 from mailserver.store import uidlist
@@ -71,6 +73,12 @@ class QuotaExceeded(Exception):
 
 _counter = itertools.count(1)
 
+# How the UID list marks a file not measured yet (see Folder.measure).
+UNMEASURED_SIZE = -1
+UNMEASURED_DATE = 0.0
+
+log = Logger()
+
 
 def unique_base(hostname: str) -> str:
     """A Maildir base name unique across processes, restarts and hosts (maildir(5))."""
@@ -117,12 +125,42 @@ def read_message_file(path: str, crlf: bool) -> bytes:
     return data
 
 
-def _served_size(path: str) -> tuple[int, bool]:
-    """Size as served and whether the file already has CRLF line ends."""
-    with open(path, "rb") as f:
-        data = f.read()
-    bare = data.count(b"\n") - data.count(b"\r\n")
-    return len(data) + bare, bare == 0
+@dataclass(slots=True)
+class Measured:
+    """What reading a file told: its size as served, its line ends, its date."""
+
+    size: int
+    crlf: bool
+    mtime: float
+
+
+def measure_file(path: str, read: bool) -> Measured | None:
+    """Stat a message file and, when ``read``, read it to find its size as served (CRLF
+    line ends) and whether it has bare LFs; None if it is gone. Blocks: run in a thread."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not read:
+            return Measured(UNMEASURED_SIZE, True, st.st_mtime)
+        data = os.read(fd, st.st_size)
+        while len(data) < st.st_size:  # a short read: only on very large files
+            chunk = os.read(fd, st.st_size - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    bare = data.count(b"\n")
+    if b"\r" in data:  # counting one byte is much faster than counting a pair
+        bare -= data.count(b"\r\n")
+    return Measured(len(data) + bare, bare == 0, st.st_mtime)
+
+
+def _measure_files(plan: list[tuple[str, str, bool]]) -> list[tuple[str, str, Measured | None]]:
+    return [(base, path, measure_file(path, read)) for base, path, read in plan]
 
 
 class Keywords:
@@ -181,6 +219,10 @@ class Folder:
         self.key = path
         self.deleted = False
         self._pending: list[uidlist.UidRecord] | None = None  # see changes()
+        # Files whose size, line ends or date are not known yet (see measure()).
+        self._unmeasured: set[str] = set()
+        self._measuring: defer.Deferred[None] | None = None
+        self._measure_waiters: list[defer.Deferred[None]] = []
         self.scan()
 
     # Identity and counters ---------------------------------------------------------
@@ -231,23 +273,21 @@ class Folder:
                 base, info = parse_filename(filename)
                 found[base] = (subdir, info)
         appended: list[uidlist.UidRecord] = []
-        unknown = sorted(base for base in found if base not in stored.records)
-        for base in unknown:
-            subdir, info = found[base]
-            path = os.path.join(self.path, subdir, self._filename(base, subdir, info))
+        file_sizes: dict[str, int] = {}  # the S= of files not measured yet, for the quota
+        for base in sorted(base for base in found if base not in stored.records):
+            # Not read here: SELECT needs no sizes. measure() reads them in a thread.
             fields = _base_fields(base)
-            try:
-                # Dovecot-style names carry the sizes: the file need not be read.
-                if "W" in fields:
-                    size, crlf = fields["W"], fields["W"] == fields.get("S")
-                else:
-                    size, crlf = _served_size(path)
-                date = os.stat(path).st_mtime
-            except FileNotFoundError:
-                continue
+            file_size, size = fields.get("S"), fields.get("W")
+            if file_size is not None:
+                file_sizes[base] = file_size
             stored.highest_modseq += 1
             record = uidlist.UidRecord(
-                stored.uidnext, base, date, size, stored.highest_modseq, crlf
+                stored.uidnext,
+                base,
+                UNMEASURED_DATE,
+                UNMEASURED_SIZE if size is None else size,
+                stored.highest_modseq,
+                None if file_size is None or size is None else file_size == size,
             )
             stored.uidnext += 1
             stored.records[base] = record
@@ -262,14 +302,18 @@ class Folder:
         messages = []
         flag_changes = []
         flag_sets: dict[str, frozenset[str]] = {}  # most files share a few flag suffixes
+        unmeasured = set()
         for record in sorted(stored.records.values(), key=lambda r: r.uid):
             subdir, info = found[record.base]
             crlf = record.crlf
             if crlf is None:
-                crlf = crlf_from_base(record.base)
-            if crlf is None:
-                filename = self._filename(record.base, subdir, info)
-                crlf = self._known_crlf(record.base, os.path.join(self.path, subdir, filename))
+                crlf = record.crlf = crlf_from_base(record.base)
+            size = record.size
+            if size < 0 or crlf is None or record.internal_date == UNMEASURED_DATE:
+                unmeasured.add(record.base)
+                if size < 0:  # until measured, the file's size for the quota
+                    size = file_sizes.get(record.base, 0)
+                crlf = True if crlf is None else crlf
             flags = flag_sets.get(info) if subdir == "cur" else frozenset()
             if flags is None:
                 flags = flag_sets[info] = self._flags_from_info(info)
@@ -285,7 +329,7 @@ class Folder:
                     base=record.base,
                     subdir=subdir,
                     flags=flags,
-                    size=record.size,
+                    size=size,
                     internal_date=record.internal_date,
                     crlf=crlf,
                     modseq=record.modseq,
@@ -296,6 +340,7 @@ class Folder:
         elif appended or flag_changes:
             uidlist.append(self.path, stored, appended + flag_changes, bool(flag_changes))
         self.messages = messages
+        self._unmeasured = unmeasured
         self._by_uid = {m.uid: m for m in messages}
         self._by_base = {m.base: m for m in messages}
         bus = self.store.bus
@@ -307,15 +352,69 @@ class Folder:
             if old or self.store.bus.listeners(self.key):
                 bus.publish(Appended(self.key, uid))
 
-    def _known_crlf(self, base: str, path: str) -> bool:
-        """Whether a file without a size in its name has CRLF line ends (read only once)."""
-        known = self._by_base.get(base)
-        if known is not None:
-            return known.crlf
-        try:
-            return _served_size(path)[1]
-        except FileNotFoundError:
-            return True
+    # Measuring ---------------------------------------------------------------------
+    @property
+    def unmeasured(self) -> bool:
+        """Whether some message's RFC822.SIZE, line ends or INTERNALDATE is not known yet
+        (files other programs put here; ours carry their sizes in their names)."""
+        return bool(self._unmeasured)
+
+    def measure(self) -> defer.Deferred[None]:
+        """Fires once every message is measured: the files are read in a thread, as many
+        sessions as ask share one job, and the results are kept in the UID list."""
+        if not self._unmeasured:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._measure_waiters.append(waiter)
+        self._start_measuring()
+        return waiter
+
+    def _start_measuring(self) -> None:
+        if self._measuring is not None or not self._unmeasured:
+            return
+        plan = []
+        for base in sorted(self._unmeasured):
+            record = self._uidlist.records[base]
+            read = record.size < 0 or record.crlf is None
+            plan.append((base, self.file_path(self._by_base[base]), read))
+        self._measuring = self.store.run_in_thread(_measure_files, plan)
+        self._measuring.addBoth(self._measured)
+
+    def _measured(self, result: list[tuple[str, str, Measured | None]] | Failure) -> None:
+        self._measuring = None
+        waiters, self._measure_waiters = self._measure_waiters, []
+        if isinstance(result, Failure):
+            if not waiters:
+                log.failure("measuring {path} failed", result, path=self.path)
+            for waiter in waiters:
+                waiter.errback(result)
+            return None
+        changed = []
+        for base, path, found in result:
+            message = self._by_base.get(base)
+            record = self._uidlist.records.get(base)
+            if message is None or record is None:
+                continue  # expunged meanwhile
+            if found is None:
+                if self.file_path(message) != path:
+                    continue  # renamed meanwhile (new flags): measured again below
+                found = Measured(message.size, True, time.time())  # gone: the next scan drops it
+            if record.size < 0 or record.crlf is None:
+                record.size, record.crlf = found.size, found.crlf
+            record.internal_date = found.mtime
+            message.size, message.crlf = record.size, record.crlf
+            message.internal_date = record.internal_date
+            self._unmeasured.discard(base)
+            changed.append(record)
+        if changed:
+            uidlist.append(self.path, self._uidlist, changed, updated=True)
+            self._dir_stamp = self._stamp()
+        for waiter in waiters:
+            if self._unmeasured:
+                self.measure().chainDeferred(waiter)
+            else:
+                waiter.callback(None)
+        return None
 
     # Flags ---------------------------------------------------------------------------
     def _flags_from_info(self, info: str) -> frozenset[str]:
@@ -436,6 +535,7 @@ class Folder:
                 pass
             del self._by_base[message.base]
             self._uidlist.records.pop(message.base, None)
+            self._unmeasured.discard(message.base)
             removed.append(uid)
         if not removed:
             return removed
@@ -733,7 +833,15 @@ class MaildirStore:
         are fsynced in a thread; then the copies get UIDs. The result pairs each source
         UID with its new UID, in source UID order; a message expunged meanwhile is left out.
         """
-        plan = source.copy_plan(sorted(set(uids)), dest)
+        # The copies keep the sources' sizes and dates: learn them first.
+        d = source.measure()
+        d.addCallback(lambda _: self._copy_measured(source, sorted(set(uids)), dest))
+        return d
+
+    def _copy_measured(
+        self, source: Folder, uids: list[int], dest: Folder
+    ) -> defer.Deferred[list[tuple[int, int]]]:
+        plan = source.copy_plan(uids, dest)
         tmp_dir = os.path.join(dest.path, "tmp")
 
         def work() -> list[_CopyItem]:

@@ -9,7 +9,9 @@ The file is ``mailserver-uidlist`` in the folder's directory, in the layout of D
     R<first recent uid>
 
 ``M`` is the message's RFC 7162 mod-sequence; ``C0`` marks a file with bare LF line ends
-(written by another tool), so that it need not be read again to find out. ``R`` is the
+(written by another tool), so that it need not be read again to find out. ``W-1`` and
+``T0`` mark a file listed but not measured yet (Folder.measure reads it when a size or
+date is first asked for). ``R`` is the
 first UID that no read-write session has been told of yet (RFC 3501 §2.3.2 \\Recent), as
 in Dovecot's index: claiming the recent messages appends an ``R`` line, so that they
 need not be renamed from new/ to cur/ at SELECT (Dovecot's ``maildir_empty_new = no``).

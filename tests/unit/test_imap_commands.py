@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from mailserver.imap.protocol import KEEPALIVE_INTERVAL, IMAPFactory
-from mailserver.imap.session import IMAPLimits, UserSessions
+from mailserver.imap.session import IMAPLimits, MeasureFolder, ReadMessage, UserSessions
 from mailserver.store import uidlist
 from mailserver.store.maildir import MaildirStore
 from tests.unit.test_imap_session import (
@@ -376,7 +376,8 @@ def test_search_keys(searchable: Client, keys: bytes, found: bytes) -> None:
 def test_search_reads_only_undecided_messages(searchable: Client) -> None:
     searchable.effects.clear()
     searchable.send(b"s SEARCH FLAGGED BODY salad\r\n")
-    assert len(searchable.effects) == 1  # only message 2 is flagged: only it is read
+    reads = [e for e in searchable.effects if isinstance(e, ReadMessage)]
+    assert len(reads) == 1  # only message 2 is flagged: only it is read
 
 
 def test_search_literal_charset_and_uid(searchable: Client) -> None:
@@ -558,3 +559,28 @@ def test_autologout_after_30_minutes_and_keepalives_in_idle(mail3: Mail) -> None
     clock.advance(1)  # 1800 seconds after the client last spoke
     assert transport.value().endswith(b"* BYE Autologout; idle for too long\r\n")
     assert transport.disconnecting
+
+
+# Files of other programs: SELECT lists them, what reports sizes waits for them ----------
+def test_select_reads_no_file_and_fetch_of_sizes_measures_once(mail: Mail) -> None:
+    for data in (MSG1, MSG2):
+        mail.add(data)
+    client = Client(mail).login()
+    assert b"* 2 EXISTS\r\n" in client.select()
+    assert not [e for e in client.effects if isinstance(e, MeasureFolder)]
+    out = fetch(client, b"1:* (RFC822.SIZE INTERNALDATE)")
+    assert b"RFC822.SIZE %d" % len(MSG2) in out and out.endswith(b"f OK FETCH completed\r\n")
+    assert len([e for e in client.effects if isinstance(e, MeasureFolder)]) == 1
+    fetch(client, b"1:* (RFC822.SIZE)")
+    assert len([e for e in client.effects if isinstance(e, MeasureFolder)]) == 1
+
+
+def test_status_size_measures_flags_do_not(mail: Mail) -> None:
+    mail.add(MSG1)
+    client = Client(mail).login()
+    out = client.send(b"s STATUS INBOX (MESSAGES UNSEEN)\r\n")
+    assert out == b'* STATUS "INBOX" (MESSAGES 1 UNSEEN 1)\r\ns OK STATUS completed\r\n'
+    assert not [e for e in client.effects if isinstance(e, MeasureFolder)]
+    out = client.send(b"s STATUS INBOX (SIZE)\r\n")
+    assert out == b'* STATUS "INBOX" (SIZE %d)\r\ns OK STATUS completed\r\n' % len(MSG1)
+    assert len([e for e in client.effects if isinstance(e, MeasureFolder)]) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailserver.names import BadName
@@ -96,18 +97,30 @@ class StoreTests(unittest.TestCase):
         folder.set_flags(stored.uid, {"\\Seen"})
         self.assertEqual(await d, MESSAGE)
 
-    def test_foreign_lf_file_is_picked_up_and_served_with_crlf(self) -> None:
+    async def test_foreign_lf_file_is_picked_up_and_served_with_crlf(self) -> None:
         folder = self.store.folder(ALICE)
         path = os.path.join(folder.path, "cur", "123.foreign.host:2,S")
         with open(path, "wb") as f:
             f.write(b"Subject: x\n\nline\n")
+        os.utime(path, (1_700_000_000, 1_700_000_000))
         os.utime(os.path.join(folder.path, "cur"), ns=(1, 1))
         folder.refresh()
         (message,) = folder.messages
-        self.assertEqual(message.size, len(b"Subject: x\r\n\r\nline\r\n"))
         self.assertEqual(message.flags, {"\\Seen"})
+        # Listing it reads nothing: its size, line ends and date wait for measure().
+        self.assertTrue(folder.unmeasured)
+        await folder.measure()
+        self.assertFalse(folder.unmeasured)
+        self.assertEqual(message.size, len(b"Subject: x\r\n\r\nline\r\n"))
+        self.assertEqual(message.internal_date, 1_700_000_000)
         self.assertFalse(message.crlf)
-        return folder.read(message.uid).addCallback(self.assertEqual, b"Subject: x\r\n\r\nline\r\n")
+        self.assertEqual(await folder.read(message.uid), b"Subject: x\r\n\r\nline\r\n")
+        # The measures are kept: a restart does not read the file again.
+        self.store._open.clear()
+        again = self.store.folder(ALICE)
+        self.assertFalse(again.unmeasured)
+        self.assertEqual(again.messages[0].size, message.size)
+        self.assertFalse(again.messages[0].crlf)
 
     def test_file_removed_behind_our_back_is_expunged(self) -> None:
         folder = self.store.folder(ALICE)
@@ -195,3 +208,101 @@ def test_unique_base_differs_across_restarts_with_the_same_pid_and_time(monkeypa
     assert all(n.startswith("1800000000.M250000P4242Q1R") for n in names)
     # maildir(5): "/" and ":" in the host name are escaped, so flags stay parseable.
     assert maildir.unique_base("a/b:c").endswith(".a\\057b\\072c")
+
+
+class MeasuringTests(unittest.TestCase):
+    """Files other programs put in a folder are listed at once and measured later, in
+    one thread job that every caller shares."""
+
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.jobs: list[tuple[defer.Deferred[object], object, tuple[object, ...]]] = []
+        self.store = MaildirStore(self.root, hostname="host.example", run_in_thread=self.later)
+        self.folder = self.store.folder(ALICE)
+
+    def later(self, function: object, *args: object) -> defer.Deferred[object]:
+        d: defer.Deferred[object] = defer.Deferred()
+        self.jobs.append((d, function, args))
+        return d
+
+    def run_jobs(self) -> None:
+        while self.jobs:
+            d, function, args = self.jobs.pop(0)
+            d.callback(function(*args))  # type: ignore[operator]
+
+    def foreign(self, name: str, data: bytes, subdir: str = "new") -> str:
+        path = os.path.join(self.folder.path, subdir, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.utime(path, (1_600_000_000, 1_600_000_000))
+        return path
+
+    def test_listing_reads_nothing_and_one_job_serves_every_caller(self) -> None:
+        self.foreign("1.a.other", b"Subject: a\n\nx\n")
+        self.foreign("2.b.other,S=9,W=9", b"S: b\r\n\r\n\r\n")
+        self.folder.scan()
+        self.assertEqual([m.uid for m in self.folder.messages], [1, 2])
+        self.assertTrue(self.folder.unmeasured)
+        self.assertEqual(self.jobs, [])  # the scan itself started no read
+        first, second = self.folder.measure(), self.folder.measure()
+        self.assertEqual(len(self.jobs), 1)
+        self.assertFalse(first.called or second.called)
+        self.run_jobs()
+        self.assertTrue(first.called and second.called)
+        a, b = self.folder.messages
+        self.assertEqual((a.size, a.crlf, a.internal_date), (17, False, 1_600_000_000))
+        # The name gave b's size: only its date had to be looked up.
+        self.assertEqual((b.size, b.crlf, b.internal_date), (9, True, 1_600_000_000))
+        self.assertTrue(self.folder.measure().called)
+        self.assertEqual(self.jobs, [])
+
+    def test_a_message_expunged_while_measuring_is_left_out(self) -> None:
+        self.foreign("1.a.other", b"a\n")
+        self.foreign("2.b.other", b"b\n")
+        self.folder.scan()
+        done = self.folder.measure()
+        self.folder.expunge([1])
+        self.run_jobs()
+        self.assertTrue(done.called)
+        self.assertFalse(self.folder.unmeasured)
+        self.assertEqual([(m.uid, m.size) for m in self.folder.messages], [(2, 3)])
+
+    def test_a_message_renamed_while_measuring_is_measured_again(self) -> None:
+        self.foreign("1.a.other", b"a\n")
+        self.folder.scan()
+        done = self.folder.measure()
+        self.folder.set_flags(1, {"\\Seen"})  # new/ -> cur/: the job's path is stale
+        d, function, args = self.jobs.pop(0)
+        d.callback(function(*args))  # type: ignore[operator]
+        self.assertFalse(done.called)
+        self.assertTrue(self.folder.unmeasured)
+        self.run_jobs()
+        self.assertTrue(done.called)
+        self.assertEqual(self.folder.messages[0].size, 3)
+
+    def test_a_failed_job_fails_the_callers_and_a_later_call_tries_again(self) -> None:
+        self.foreign("1.a.other", b"a\n")
+        self.folder.scan()
+        done = self.folder.measure()
+        d, _, _ = self.jobs.pop(0)
+        d.errback(OSError("disk"))
+        self.assertIsInstance(self.failureResultOf(done).value, OSError)
+        again = self.folder.measure()
+        self.run_jobs()
+        self.assertTrue(again.called)
+        self.assertFalse(self.folder.unmeasured)
+
+    def test_measures_survive_a_restart_and_a_crash_before_them_does_not_stick(self) -> None:
+        self.foreign("1.a.other", b"a\n")
+        self.folder.scan()
+        # A crash now: the UID list has the UID, not the size; the next start measures.
+        reopened = MaildirStore(self.root, hostname="host.example", run_in_thread=self.later)
+        folder = reopened.folder(ALICE)
+        self.assertEqual(folder.messages[0].uid, 1)
+        self.assertTrue(folder.unmeasured)
+        folder.measure()
+        self.run_jobs()
+        again = MaildirStore(self.root, hostname="host.example", run_in_thread=self.later)
+        message = again.folder(ALICE).messages[0]
+        self.assertEqual((message.uid, message.size, message.crlf), (1, 3, False))
+        self.assertFalse(again.folder(ALICE).unmeasured)
