@@ -64,6 +64,11 @@ class SessionProtocol(Protocol, TimeoutMixin):
     # Twisted callbacks -------------------------------------------------------------
     def connectionMade(self) -> None:
         self.setTimeout(self.idle_timeout)
+        # Every reply is written whole, so Nagle's algorithm only holds back the last
+        # segment of a long one until the client's delayed ACK (up to 40 ms on Linux).
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         self.transport.registerProducer(self, True)
         if self.trace is not None:
             peer, host = self.transport.getPeer(), self.transport.getHost()

@@ -141,3 +141,19 @@ def test_effects_answered_at_once_do_not_nest() -> None:
     assert len(checked) == count
     assert transport.value().count(b"250 2.1.0 OK\r\n") == count
     assert transport.connected
+
+
+class _TCPTransport(StringTransport):
+    no_delay: bool | None = None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+
+def test_nagle_is_off_so_the_end_of_a_long_reply_is_not_held_back() -> None:
+    session = SMTPSession("mx.test", "127.0.0.1", "s1", SMTPLimits(), "postmaster@example.test")
+    proto = SessionProtocol(session, lambda effect: None, 300.0)
+    proto.callLater = MemoryReactorClock().callLater  # type: ignore[method-assign]
+    transport = _TCPTransport()
+    proto.makeConnection(transport)
+    assert transport.no_delay is True
