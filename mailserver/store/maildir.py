@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from mailserver.names import BadName, check_folder_name, split_address
 from mailserver.store import uidlist
 from mailserver.store.bus import Appended, ChangeBus, Expunged, FlagsChanged
+from mailserver.store.commit import FileJob, GroupCommitter, commit_batch
 from mailserver.store.durable import DirectorySyncer, fsync_dir, write_synced
 
 SYSTEM_FLAG_LETTERS = {
@@ -668,14 +669,22 @@ class MaildirStore:
         bus: ChangeBus | None = None,
         hostname: str | None = None,
         quota_bytes: int = 0,
-        run_in_thread: Callable[..., defer.Deferred[Any]] = threads.deferToThread,
+        run_in_thread: Callable[..., defer.Deferred[Any]] | None = None,
     ) -> None:
         self.root = os.path.abspath(root)
         self.bus = bus if bus is not None else ChangeBus()
         self.hostname = hostname or socket.gethostname()
         self.quota_bytes = quota_bytes
-        # Where blocking disk work runs (a thread; tests may run it inline).
-        self.run_in_thread = run_in_thread
+        # Where blocking disk work runs: threads, new messages in batches (commit.py).
+        # Tests may run it inline instead, one message at a time.
+        self.run_in_thread: Callable[..., defer.Deferred[Any]]
+        self.commit: Callable[[FileJob], defer.Deferred[float]]
+        if run_in_thread is None:
+            self.run_in_thread = threads.deferToThread
+            self.commit = GroupCommitter().commit
+        else:
+            self.run_in_thread = run_in_thread
+            self.commit = lambda job: run_in_thread(_commit_one, job)
         self.syncer = DirectorySyncer()
         self._open: dict[str, Folder] = {}
 
@@ -901,28 +910,33 @@ class MaildirStore:
         subdir = "cur" if flag_set else "new"
         filename = f"{base}:2,{info}" if subdir == "cur" else base
 
-        def write() -> float:
-            tmp = os.path.join(path, "tmp", base)
-            write_synced(tmp, chunks)
-            if internal_date is not None:
-                os.utime(tmp, (internal_date, internal_date))
-            final = os.path.join(path, subdir, filename)
-            os.rename(tmp, final)
-            self.syncer.sync(os.path.join(path, subdir))
-            return os.stat(final).st_mtime
+        job = FileJob(
+            os.path.join(path, "tmp", base),
+            os.path.join(path, subdir, filename),
+            chunks,
+            internal_date,
+        )
 
         def written(date: float) -> Stored:
             current = self._open.get(path)
             uid = current.adopt(base, subdir, flag_set, size, date) if current else None
             return Stored(folder, base, uid)
 
-        d = self.run_in_thread(write)
+        d = self.commit(job)
         d.addCallback(written)
         return d
 
     def _usage(self, address: str) -> int:
         """Bytes used by the user's INBOX (the folder the quota protects from floods)."""
         return self.folder(address).total_size()
+
+
+def _commit_one(job: FileJob) -> float:
+    commit_batch([job])
+    if job.error is not None:
+        raise job.error
+    assert job.result is not None
+    return job.result
 
 
 def _plain_info(flags: frozenset[str]) -> str:
