@@ -94,7 +94,7 @@ class SMTPFactory(LimitedFactory):
             env = effect.envelope
             d = defer.maybeDeferred(self.policy.deliver, env, effect.chunks)
             d.addErrback(self._failed, env)
-            d.addCallback(self._logged, "data", session_id, env.mail_from)
+            d.addCallback(self._transaction_logged, env, sum(map(len, effect.chunks)))
             return d
         if isinstance(effect, Authenticate):
             d = self.login.login(effect.username, effect.password, self.role, peer)
@@ -103,12 +103,29 @@ class SMTPFactory(LimitedFactory):
         raise TypeError(f"unknown effect {effect!r}")
 
     def _logged(self, reply: Reply, step: str, session_id: str, address: str) -> Reply:
+        """A refused MAIL or RCPT gets a line; accepted ones are in the transaction's."""
+        if reply.code < 400:
+            return reply
         log.info(
             "{role} {step} session={session} address=<{address}> result={code} {text}",
             role=self.role,
             step=step,
             session=session_id,
             address=address,
+            code=reply.code,
+            text=reply.lines()[0],
+        )
+        return reply
+
+    def _transaction_logged(self, reply: Reply, env: Envelope, size: int) -> Reply:
+        log.info(
+            "{role} data session={session} from=<{sender}> to={recipients} size={size}"
+            " result={code} {text}",
+            role=self.role,
+            session=env.session_id,
+            sender=env.mail_from,
+            recipients=",".join(f"<{r}>" for r in env.rcpt_to),
+            size=size,
             code=reply.code,
             text=reply.lines()[0],
         )

@@ -375,3 +375,52 @@ def test_received_header_tags_an_ipv6_peer() -> None:
     t.send(b"EHLO c.example\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
     assert t.send(b"x\r\n.\r\n") == b"250 2.0.0 OK queued\r\n"
     assert t.delivered[0].chunks[0].startswith(b"Received: from c.example ([IPv6:2001:db8::7])\r\n")
+
+
+def _reference_data(stream: bytes, max_line: int) -> tuple[bytes, bool, bool, int] | None:
+    """RFC 5321 DATA read one line at a time: (body, bare newline, long line, consumed),
+    or None when the stream holds no end of data."""
+    body, bare, long_line, pos = [], False, False, 0
+    while True:
+        end = stream.find(b"\r\n", pos)
+        if end < 0:
+            return None
+        line = stream[pos:end]
+        pos = end + 2
+        if line == b".":
+            return b"".join(body), bare, long_line, pos
+        long_line |= len(line) + 2 > max_line
+        bare |= b"\r" in line or b"\n" in line
+        body.append((line[1:] if line.startswith(b".") else line) + b"\r\n")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([b"a", b".", b"..", b"\r\n", b"\r", b"\n", b"x" * 9, b" "]), max_size=40
+    ),
+    st.lists(st.integers(min_value=1, max_value=30), max_size=10),
+)
+def test_data_reader_matches_a_line_by_line_reader(pieces: list[bytes], cuts: list[int]) -> None:
+    from mailserver.smtp.session import _DataReader
+
+    stream = b"".join(pieces) + b"\r\n.\r\nNOOP\r\n"
+    expected = _reference_data(stream, 12)
+    reader = _DataReader(SMTPLimits(max_text_line=12))
+    buf, consumed, done, offset = bytearray(), 0, False, 0
+    for size in [*cuts, len(stream)]:
+        buf += stream[offset : offset + size]
+        offset += size
+        used, done = reader.feed(buf)
+        consumed += used
+        del buf[:used]
+        if done:
+            break
+    assert done
+    assert expected is not None
+    body, bare, long_line, end = expected
+    assert reader.long_line == long_line
+    if not long_line:  # a long line's rest is dropped unread: the message is refused anyway
+        assert reader.bare_newline == bare
+        assert b"".join(reader.chunks) == body
+        assert consumed == end
