@@ -110,18 +110,21 @@ def _unlink_quietly(path: str) -> None:
 
 
 class GroupCommitter:
-    """Runs commit_batch in its own thread over whatever jobs are waiting."""
+    """Runs commit_batch over whatever jobs are waiting, in up to two threads: while one
+    waits for the disk to finish its batch, the other writes the next one."""
 
-    def __init__(self, reactor: Any = None) -> None:
+    def __init__(self, reactor: Any = None, threads: int = 2) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         self.reactor = reactor
+        self.max_threads = threads
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._waiting: deque[tuple[FileJob, defer.Deferred[float]]] = deque()
-        self._thread: threading.Thread | None = None
+        self._threads = 0  # running
+        self._idle = 0  # of those, waiting for work
         self._closing = False
         self._drained: defer.Deferred[None] | None = None
         self._shutdown_hooked = False
@@ -133,13 +136,11 @@ class GroupCommitter:
             if self._closing:
                 return defer.fail(RuntimeError("the store is shutting down"))
             self._waiting.append((job, d))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="mailserver-commit", daemon=True
-                )
-                self._thread.start()
-            else:
+            if self._idle:
                 self._wake.notify()
+            elif self._threads < self.max_threads:
+                self._threads += 1
+                threading.Thread(target=self._run, name="mailserver-commit", daemon=True).start()
         if not self._shutdown_hooked:
             self._shutdown_hooked = True
             self.reactor.addSystemEventTrigger("before", "shutdown", self.close)
@@ -149,30 +150,38 @@ class GroupCommitter:
         """Take no more jobs; the Deferred fires once those waiting are committed."""
         with self._lock:
             self._closing = True
-            if self._thread is None:
+            if not self._threads:
                 return None
             self._drained = defer.Deferred()
-            self._wake.notify()
+            self._wake.notify_all()
             return self._drained
 
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                if not self._waiting and not self._closing:
-                    self._wake.wait(IDLE_SECONDS)
-                if not self._waiting:
-                    self._thread = None
-                    drained = self._drained
+    def _next_batch(self) -> list[tuple[FileJob, defer.Deferred[float]]] | None:
+        """The jobs waiting, once there are any; None when this thread should end."""
+        with self._lock:
+            while not self._waiting:
+                if self._closing:
                     break
-                batch = [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
+                self._idle += 1
+                woken = self._wake.wait(IDLE_SECONDS)
+                self._idle -= 1
+                if not woken and not self._waiting:
+                    break
+            if not self._waiting:
+                self._threads -= 1
+                if not self._threads and self._drained is not None:
+                    self.reactor.callFromThread(self._drained.callback, None)
+                return None
+            return [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
             try:
                 commit_batch([job for job, _ in batch])
             except Exception as e:  # a bug, not a disk error: fail the batch, keep going
                 for job, _ in batch:
                     job.error = job.error or e
             self.reactor.callFromThread(_settle, batch)
-        if drained is not None:
-            self.reactor.callFromThread(drained.callback, None)
 
 
 def _settle(batch: list[tuple[FileJob, defer.Deferred[float]]]) -> None:
