@@ -78,6 +78,9 @@ _counter = itertools.count(1)
 UNMEASURED_SIZE = -1
 UNMEASURED_DATE = 0.0
 
+# How many checked user directories the store remembers (see user_path).
+MAX_CACHED_PATHS = 10_000
+
 log = Logger()
 
 
@@ -687,13 +690,22 @@ class MaildirStore:
             self.commit = lambda job: run_in_thread(_commit_one, job)
         self.syncer = DirectorySyncer()
         self._open: dict[str, Folder] = {}
+        # Checked addresses and their directories: every delivery asks several times.
+        self._user_paths: dict[str, str] = {}
 
     # Paths -----------------------------------------------------------------------------
     def user_path(self, address: str) -> str:
-        local, domain = split_address(address)
-        if local.startswith("."):
-            raise BadName("local part may not start with a dot")
-        return os.path.join(self.root, domain, local)
+        """The user's directory; BadName for an address that may not become a path."""
+        path = self._user_paths.get(address)
+        if path is None:
+            local, domain = split_address(address)
+            if local.startswith("."):
+                raise BadName("local part may not start with a dot")
+            path = os.path.join(self.root, domain, local)
+            if len(self._user_paths) >= MAX_CACHED_PATHS:
+                self._user_paths.clear()
+            self._user_paths[address] = path
+        return path
 
     def folder_path(self, address: str, name: str) -> str:
         user = self.user_path(address)
