@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import cached_property
 from typing import Literal, TypeAlias
 
 __all__ = [
@@ -247,6 +248,11 @@ class FetchAtt:
         if self.partial is not None:
             name += f"<{self.partial[0]}>"
         return name
+
+    @cached_property
+    def response_bytes(self) -> bytes:
+        """response_name() as sent: made once for the many messages of a FETCH."""
+        return self.response_name().encode()
 
     @property
     def sets_seen(self) -> bool:

@@ -1301,7 +1301,7 @@ class IMAPSession:
         assert parts is not None
         if att.section is not None:
             data = apply_partial(section_bytes(parts, att.section), att.partial)
-            return att.response_name().encode() + b" " + _literal(data)
+            return att.response_bytes + b" " + _literal(data)
         if name == "ENVELOPE":
             return b"ENVELOPE " + envelope(parts)
         if name in ("BODY", "BODYSTRUCTURE"):
