@@ -55,32 +55,34 @@ class HeaderField:
         return _UNFOLD.sub(b"", value).strip(b" \t\r\n")
 
 
+# RFC 5322 §3.6.8: a field name is printable US-ASCII except the colon.
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+
+
 def _split_fields(header: bytes) -> list[HeaderField]:
     fields: list[HeaderField] = []
-    lines = header.split(_CRLF)
-    if lines and lines[-1] == b"":
-        lines.pop()
     current: list[bytes] = []
-
-    def flush() -> None:
-        if current:
-            raw = _CRLF.join(current) + _CRLF
-            name, colon, _ = current[0].partition(b":")
-            name = name.rstrip(b" \t")  # RFC 5322 §4.5.2 obs: WSP before the colon
-            valid = bool(colon) and bool(name) and all(0x20 < c < 0x7F for c in name)
-            fields.append(HeaderField(name.decode("ascii") if valid else None, raw))
-            current.clear()
-
-    for line in lines:
-        if line == b"":
+    for line in header.split(_CRLF):
+        if not line:
             break  # the blank line that ends the header
-        if line[:1] in (b" ", b"\t") and current:
+        if line[0] in b" \t" and current:
             current.append(line)  # RFC 5322 §2.2.3 continuation line
-        else:
-            flush()
-            current.append(line)
-    flush()
+            continue
+        if current:
+            fields.append(_field(current))
+        current = [line]
+    if current:
+        fields.append(_field(current))
     return fields
+
+
+def _field(lines: list[bytes]) -> HeaderField:
+    raw = _CRLF.join(lines) + _CRLF
+    name, colon, _ = lines[0].partition(b":")
+    name = name.rstrip(b" \t")  # RFC 5322 §4.5.2 obs: WSP before the colon
+    if colon and _FIELD_NAME.fullmatch(name):
+        return HeaderField(name.decode("ascii"), raw)
+    return HeaderField(None, raw)
 
 
 def _parse_params(text: str) -> tuple[str, list[tuple[str, str]]]:

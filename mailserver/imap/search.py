@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
+from functools import cached_property
 
 from mailserver.imap import parser as p
 from mailserver.imap.fetch import MessageParts
@@ -131,9 +132,25 @@ class Header(Key):
     text: str
     content = True
 
+    @cached_property
+    def _ascii_word(self) -> bytes | None:
+        text = self.text
+        if text and text.isascii() and not any(c.isspace() for c in text):
+            return text.encode("ascii")
+        return None
+
     def match(self, m: Candidate, parts: MessageParts | None) -> bool | None:
         if parts is None:
             return None
+        needle = self._ascii_word
+        if needle is not None:
+            # Most messages do not have the word anywhere in their header: tell them from
+            # the raw bytes without splitting the fields. Only for an ASCII header without
+            # encoded words, where the decoded, case-folded values are the bytes lowered,
+            # and a word without spaces, which no folding can split.
+            header = parts.header
+            if header.isascii() and b"=?" not in header and needle not in header.lower():
+                return False
         wanted = self.field.upper()
         for f in parts.fields:
             if f.name is not None and f.name.upper() == wanted:

@@ -584,3 +584,28 @@ def test_status_size_measures_flags_do_not(mail: Mail) -> None:
     out = client.send(b"s STATUS INBOX (SIZE)\r\n")
     assert out == b'* STATUS "INBOX" (SIZE %d)\r\ns OK STATUS completed\r\n' % len(MSG1)
     assert len([e for e in client.effects if isinstance(e, MeasureFolder)]) == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "keys", "found"),
+    [
+        # The word is in the raw bytes, across a fold of the field.
+        (b"X-Tag: abc\r\n def\r\n", b"HEADER X-Tag def", True),
+        (b"X-Tag: abc\r\n def\r\n", b"HEADER X-Tag xyz", False),
+        # Only in the decoded value: the raw-bytes shortcut must not answer.
+        (b"Subject: =?utf-8?b?aGVsbG8=?=\r\n", b"SUBJECT hello", True),
+        # U+212A KELVIN SIGN case-folds to "k": a non-ASCII header is decoded first.
+        (b"X-K: \xe2\x84\xaa\r\n", b"HEADER X-K k", True),
+        # In the header, but in another field: the fields are split after all.
+        (b"X-A: word\r\nX-B: other\r\n", b"HEADER X-B word", False),
+        # A phrase with a space may span a fold; matched on the unfolded value.
+        (b"Subject: two\r\n words\r\n", b'SUBJECT "two words"', True),
+    ],
+)
+def test_header_search_shortcut_agrees_with_the_field_parse(
+    mail: Mail, header: bytes, keys: bytes, found: bool
+) -> None:
+    mail.add(header + b"\r\nbody\r\n")
+    client = selected(mail)
+    out = client.send(b"s SEARCH " + keys + b"\r\n")
+    assert out == (b"* SEARCH 1" if found else b"* SEARCH") + b"\r\ns OK SEARCH completed\r\n"

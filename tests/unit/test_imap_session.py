@@ -176,7 +176,7 @@ class Client:
             message = effect.folder.by_uid(effect.uid)
             if message is None:
                 return Failure(KeyError(effect.uid))
-            return read_message_file(effect.folder.file_path(message), True)
+            return read_message_file(effect.folder.file_path(message), message.crlf)
         if isinstance(effect, Pause):
             return None
         if isinstance(effect, MeasureFolder):
