@@ -16,14 +16,13 @@ from mailserver.imap.session import (
     IMAPSession,
     MeasureFolder,
     Pause,
-    ReadMessage,
+    ReadMessages,
     UserSessions,
 )
 from mailserver.limits import LimitedFactory, SessionSpec, is_loopback, peer_host
 from mailserver.login import LoginService
 from mailserver.session import Authenticate, Effect
 from mailserver.store.maildir import MaildirStore
-from mailserver.store.readahead import ReadAhead
 
 log = Logger()
 
@@ -88,8 +87,6 @@ class IMAPFactory(LimitedFactory):
             sessions=self.sessions,
         )
 
-        reader = ReadAhead()
-
         def logged(address: str | None, username: str) -> str | None:
             log.info(
                 "IMAP login {result} session={session} peer={peer} user={user!r}",
@@ -101,8 +98,8 @@ class IMAPFactory(LimitedFactory):
             return address
 
         def run(effect: Effect) -> Any:
-            if isinstance(effect, ReadMessage):
-                return reader.read(effect.folder, effect.uid, effect.upcoming)
+            if isinstance(effect, ReadMessages):
+                return effect.folder.read_many(effect.uids)
             if isinstance(effect, MeasureFolder):
                 return effect.folder.measure()
             if isinstance(effect, Pause):

@@ -18,7 +18,7 @@ import binascii
 import bisect
 import re
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,6 @@ from mailserver.store.maildir import (
     NoSuchFolder,
     QuotaExceeded,
 )
-from mailserver.store.readahead import READ_AHEAD_MESSAGES
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 SPECIAL_USE = {
@@ -57,8 +56,10 @@ SPECIAL_USE = {
     "Archive": "\\Archive",
 }
 DELIMITER = "."
-# How many messages a FETCH answers (or a SEARCH reads) before it lets other sessions run.
+# How many messages a FETCH answers (or a SEARCH reads) before it lets other sessions run,
+# and how many bytes of message files one such batch reads at most (one larger alone).
 FETCH_BATCH = 256
+READ_BATCH_BYTES = 1 << 20
 # How many messages a SEARCH matches against the index alone between two pauses.
 SEARCH_BATCH = 4096
 # RFC 5161 §3.1: the extensions ENABLE can turn on.
@@ -143,13 +144,12 @@ class CopyMessages(Effect):
 
 
 @dataclass(frozen=True)
-class ReadMessage(Effect):
-    """Read a message's bytes (CRLF line ends); the result is the bytes. ``upcoming``
-    are the UIDs the session will read next, which the reader may read ahead."""
+class ReadMessages(Effect):
+    """Read a batch of messages (CRLF line ends); the result maps each UID to its bytes
+    and leaves out those that are gone (Folder.read_many)."""
 
     folder: Folder
-    uid: int
-    upcoming: tuple[int, ...] = ()
+    uids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -1135,41 +1135,41 @@ class IMAPSession:
         selected = self.selected
         folder = selected.folder
         needs_body = any(a.name not in _INDEX_ITEMS for a in attributes)
-        target_uids = [uid for _, uid in targets] if needs_body else []  # for read-ahead
         sets_seen = not selected.readonly and any(a.sets_seen for a in attributes)
-        for count, (seq, uid) in enumerate(targets, 1):
-            message = folder.by_uid(uid)
-            if message is None:
-                continue  # expunged by another session, not yet reported
-            parts = None
+        for number, batch in enumerate(_batches(folder, targets, needs_body)):
+            bodies: dict[int, bytes] = {}
             if needs_body:
-                upcoming = tuple(target_uids[count : count + READ_AHEAD_MESSAGES])
-                try:
-                    data = yield ReadMessage(folder, uid, upcoming)
-                except (OSError, KeyError):
-                    continue
-                if self.selected is not selected:
-                    return
-                # The index may have changed (or been rebuilt) while the file was read.
+                bodies = yield ReadMessages(folder, tuple(uid for _, uid in batch))
+            elif number:
+                yield Pause()
+            if self.selected is not selected:
+                return
+            for seq, uid in batch:
+                # The index may have changed (or been rebuilt) while the files were read.
                 message = folder.by_uid(uid)
                 if message is None:
-                    continue
-                parts = MessageParts(data)
-            flags_changed = False
-            if sets_seen and "\\Seen" not in message.flags:
-                self._set_flags(uid, message.flags | {"\\Seen"})
-                flags_changed = True
-            items = [self._fetch_item(a, message, uid, parts) for a in attributes]
-            if flags_changed and not any(a.name == "FLAGS" for a in attributes):
-                # RFC 3501 §6.4.5: report the implicit \Seen.
-                items.append(b"FLAGS " + self._flags(uid))
-            if flags_changed and self.condstore and not any(a.name == "MODSEQ" for a in attributes):
-                items.append(b"MODSEQ (%d)" % self._modseq(uid))
-            self._send(self._fetch_line(seq, uid, items))
-            if count % FETCH_BATCH == 0:
-                yield Pause()
-                if self.selected is not selected:
-                    return
+                    continue  # expunged by another session, not yet reported
+                parts = None
+                if needs_body:
+                    data = bodies.get(uid)
+                    if data is None:
+                        continue  # its file went away while it was read
+                    parts = MessageParts(data)
+                flags_changed = False
+                if sets_seen and "\\Seen" not in message.flags:
+                    self._set_flags(uid, message.flags | {"\\Seen"})
+                    flags_changed = True
+                items = [self._fetch_item(a, message, uid, parts) for a in attributes]
+                if flags_changed and not any(a.name == "FLAGS" for a in attributes):
+                    # RFC 3501 §6.4.5: report the implicit \Seen.
+                    items.append(b"FLAGS " + self._flags(uid))
+                if (
+                    flags_changed
+                    and self.condstore
+                    and not any(a.name == "MODSEQ" for a in attributes)
+                ):
+                    items.append(b"MODSEQ (%d)" % self._modseq(uid))
+                self._send(self._fetch_line(seq, uid, items))
         self._updates(allow_expunge=c.uid)
         self._tagged(c.tag, "OK", "FETCH completed")
 
@@ -1239,50 +1239,72 @@ class IMAPSession:
         return self._search(c, program)
 
     def _search(self, c: p.Command, program: search.Program) -> Job:
-        """Match against the index first; read (in a thread, via ReadMessage) only the
+        """Match against the index first; read (in a thread, a batch at a time) only the
         messages the index cannot decide, and pause now and then for other sessions."""
         assert self.selected is not None
         selected = self.selected
         folder = selected.folder
-        uids = list(selected.uids)
+        key = program.key
+        uids = selected.uids
         last_seq, last_uid = len(uids), (uids[-1] if uids else 0)
-        found: list[int] = []
-        highest = 0
-        reads = 0
+        found: list[tuple[int, int]] = []  # (seq, modseq)
+        undecided: list[tuple[int, int]] = []  # (seq, uid): their files are needed
         for seq, uid in enumerate(uids, 1):
             message = folder.by_uid(uid)
             if message is None:
                 continue
             candidate = search.Candidate(seq, message, uid in selected.recent, last_seq, last_uid)
-            result = program.key.match(candidate, None)
+            result = key.match(candidate, None)
             if result is None:
-                try:
-                    data = yield ReadMessage(
-                        folder, uid, tuple(uids[seq : seq + READ_AHEAD_MESSAGES])
-                    )
-                except (OSError, KeyError):
-                    continue
-                reads += 1
-                message = folder.by_uid(uid)
-                if message is None:
-                    continue
-                candidate = search.Candidate(
-                    seq, message, uid in selected.recent, last_seq, last_uid
-                )
-                result = program.key.match(candidate, MessageParts(data))
-                if reads % FETCH_BATCH == 0:
+                undecided.append((seq, uid))
+            elif result:
+                found.append((seq, message.modseq))
+            if len(undecided) == FETCH_BATCH or seq % SEARCH_BATCH == 0:
+                if undecided:
+                    found += yield from self._search_files(key, undecided, last_seq, last_uid)
+                    undecided = []
+                else:
                     yield Pause()
-            elif seq % SEARCH_BATCH == 0:
-                yield Pause()
-            if result:
-                found.append(uid if c.uid else seq)
-                highest = max(highest, message.modseq)
-        line = " ".join(["* SEARCH", *map(str, found)])
+                if self.selected is not selected:
+                    return
+        if undecided:
+            found += yield from self._search_files(key, undecided, last_seq, last_uid)
+            if self.selected is not selected:
+                return
+        found.sort()
+        highest = max((modseq for _, modseq in found), default=0)
+        numbers = [uids[seq - 1] if c.uid else seq for seq, _ in found]
+        line = " ".join(["* SEARCH", *map(str, numbers)])
         if program.uses_modseq and found:
             line += f" (MODSEQ {highest})"  # RFC 7162 §3.1.5
         self._send(line.encode() + b"\r\n")
         self._updates(allow_expunge=c.uid)
         self._tagged(c.tag, "OK", "SEARCH completed")
+
+    def _search_files(
+        self, key: search.Key, undecided: list[tuple[int, int]], last_seq: int, last_uid: int
+    ) -> Generator[Action, Any, list[tuple[int, int]]]:
+        """Read a batch of the messages the index could not decide and match them; the
+        (seq, modseq) of those that match."""
+        assert self.selected is not None
+        selected = self.selected
+        folder = selected.folder
+        matched = []
+        for batch in _batches(folder, undecided, True):
+            bodies = yield ReadMessages(folder, tuple(uid for _, uid in batch))
+            if self.selected is not selected:
+                return []
+            for seq, uid in batch:
+                message = folder.by_uid(uid)
+                data = bodies.get(uid)
+                if message is None or data is None:
+                    continue  # expunged, or its file went away, while it was read
+                candidate = search.Candidate(
+                    seq, message, uid in selected.recent, last_seq, last_uid
+                )
+                if key.match(candidate, MessageParts(data)):
+                    matched.append((seq, message.modseq))
+        return matched
 
     def _fetch_item(
         self, att: p.FetchAtt, message: MessageInfo, uid: int, parts: MessageParts | None
@@ -1442,3 +1464,26 @@ _NEEDS_MEASURED = frozenset({"FETCH", "SEARCH", "COPY", "MOVE"})
 _SELECTED_STATE = frozenset(
     {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "STORE", "FETCH", "SEARCH", "COPY", "MOVE"}
 )
+
+
+def _batches(
+    folder: Folder, targets: list[tuple[int, int]], reading: bool
+) -> Iterator[list[tuple[int, int]]]:
+    """Split (seq, uid) pairs into the runs one turn of the reactor handles: FETCH_BATCH
+    messages and, when their files are read, READ_BATCH_BYTES of them (a larger one alone)."""
+    batch: list[tuple[int, int]] = []
+    size = 0
+    for pair in targets:
+        if reading:
+            message = folder.by_uid(pair[1])
+            message_size = message.size if message is not None else 0
+            if batch and size + message_size > READ_BATCH_BYTES:
+                yield batch
+                batch, size = [], 0
+            size += message_size
+        batch.append(pair)
+        if len(batch) == FETCH_BATCH:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch

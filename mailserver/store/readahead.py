@@ -1,10 +1,10 @@
-"""Read-ahead of message files for one session.
+"""Read-ahead of message files for one POP3 session.
 
-A FETCH of a thousand bodies, a SEARCH in the text or a POP3 client downloading its
-maildrop reads one message after the other. A thread hop per message (read in a thread
-so that a cold disk never stalls the reactor) costs more than the read itself, so a
-session that knows what it will read next says so, and a miss reads the wanted message
-and those that follow, up to a budget, in one thread job. What was read ahead is served
+A POP3 client downloading its maildrop sends one RETR after the other. A thread hop
+per message (read in a thread so that a cold disk never stalls the reactor) costs more
+than the read itself, so the session says what it will read next, and a miss reads the
+wanted message and those that follow, up to a budget, in one thread job. (An IMAP FETCH
+or SEARCH names its whole batch at once: Folder.read_many.) What was read ahead is served
 from memory; only the latest batch is kept, so memory stays bounded by the budget.
 Message files never change once delivered (flags live in the name), so what is cached
 is what a new read would return; an expunge is seen by the caller, who looks the

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from mailserver.imap.protocol import KEEPALIVE_INTERVAL, IMAPFactory
-from mailserver.imap.session import IMAPLimits, MeasureFolder, ReadMessage, UserSessions
+from mailserver.imap.session import IMAPLimits, MeasureFolder, ReadMessages, UserSessions
 from mailserver.store import uidlist
 from mailserver.store.maildir import MaildirStore
 from tests.unit.test_imap_session import (
@@ -376,7 +376,7 @@ def test_search_keys(searchable: Client, keys: bytes, found: bytes) -> None:
 def test_search_reads_only_undecided_messages(searchable: Client) -> None:
     searchable.effects.clear()
     searchable.send(b"s SEARCH FLAGGED BODY salad\r\n")
-    reads = [e for e in searchable.effects if isinstance(e, ReadMessage)]
+    reads = [e for e in searchable.effects if isinstance(e, ReadMessages)]
     assert len(reads) == 1  # only message 2 is flagged: only it is read
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from mailserver.imap.session import FETCH_BATCH, Pause, ReadMessage
+from mailserver.imap.session import FETCH_BATCH, Pause, ReadMessages
 from tests.unit.test_imap_session import Mail, selected
 
 COUNT = 100_000
@@ -41,7 +41,7 @@ def test_select_and_fetch_flags_of_100k_messages() -> None:
         assert out.count(b" FETCH (UID ") == COUNT
         assert out.startswith(b"* 1 FETCH (UID 1 FLAGS (\\Seen))\r\n")
         assert out.endswith(b"* 100000 FETCH (UID 100000 FLAGS ())\r\nf OK FETCH completed\r\n")
-        assert not any(isinstance(e, ReadMessage) for e in client.effects)
+        assert not any(isinstance(e, ReadMessages) for e in client.effects)
         pauses = sum(isinstance(e, Pause) for e in client.effects)
         assert pauses == COUNT // FETCH_BATCH
         # A second session opens the folder from the UID list, which now knows every file.

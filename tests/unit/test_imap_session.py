@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mailserver.driver import SessionProtocol
+from mailserver.imap import session as imap_session
 from mailserver.imap.session import (
     AppendMessage,
     CopyMessages,
@@ -31,11 +32,11 @@ from mailserver.imap.session import (
     IMAPSession,
     MeasureFolder,
     Pause,
-    ReadMessage,
+    ReadMessages,
     UserSessions,
 )
 from mailserver.session import Authenticate, Close, Effect, Send, StartTLS
-from mailserver.store.maildir import MaildirStore, read_message_file
+from mailserver.store.maildir import MaildirStore
 from tests.unit.test_imap_parser import commands, more_commands
 
 HOST = "imap.example.test"
@@ -157,7 +158,7 @@ class Client:
         self.woken = 0
         self.closed = False
         self.effects: list[Effect] = []
-        self.while_reading: Any = None  # called before a ReadMessage completes
+        self.while_reading: Any = None  # called before a ReadMessages completes
         self.session.attach(self._wake)
         self.greeting = self.run()
 
@@ -170,13 +171,10 @@ class Client:
             if effect.password == "crash":
                 return Failure(RuntimeError("directory unavailable"))
             return ALICE if effect.password == "secret" else None
-        if isinstance(effect, ReadMessage):
+        if isinstance(effect, ReadMessages):
             if self.while_reading is not None:
                 self.while_reading()
-            message = effect.folder.by_uid(effect.uid)
-            if message is None:
-                return Failure(KeyError(effect.uid))
-            return read_message_file(effect.folder.file_path(message), message.crlf)
+            return settled(effect.folder.read_many(effect.uids))
         if isinstance(effect, Pause):
             return None
         if isinstance(effect, MeasureFolder):
@@ -528,7 +526,7 @@ def test_fetch_index_items(mail3: Mail) -> None:
         b'* 1 FETCH (FLAGS (\\Recent) UID 1 INTERNALDATE "14-Nov-2023 22:13:20 +0000" '
         b"RFC822.SIZE %d)\r\nf OK FETCH completed\r\n" % len(MSG1)
     )
-    assert not [e for e in client.effects if isinstance(e, ReadMessage)]  # no file was read
+    assert not [e for e in client.effects if isinstance(e, ReadMessages)]  # no file was read
     assert fetch(client, b"2:* FAST") == (
         b'* 2 FETCH (FLAGS (\\Recent) INTERNALDATE "14-Nov-2023 22:13:20 +0000" '
         b"RFC822.SIZE %d)\r\n"
@@ -631,8 +629,25 @@ def test_fetch_rfc822(mail3: Mail) -> None:
 def test_fetch_reads_each_message_once(mail3: Mail) -> None:
     client = selected(mail3)
     fetch(client, b"1:3 (ENVELOPE BODY.PEEK[HEADER] BODYSTRUCTURE)")
-    reads = [e for e in client.effects if isinstance(e, ReadMessage)]
-    assert [e.uid for e in reads] == [1, 2, 3]
+    reads = [e for e in client.effects if isinstance(e, ReadMessages)]
+    assert [e.uids for e in reads] == [(1, 2, 3)]  # in one batch
+
+
+def test_fetch_reads_at_most_a_budget_of_bytes_at_once(
+    mail3: Mail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(imap_session, "READ_BATCH_BYTES", len(MSG1) + len(MSG2))
+    client = selected(mail3)
+    out = fetch(client, b"1:3 BODY.PEEK[]")
+    assert out.count(b" FETCH (BODY[] {") == 3
+    reads = [e.uids for e in client.effects if isinstance(e, ReadMessages)]
+    assert reads == [(1, 2), (3,)]
+    client.effects.clear()
+    monkeypatch.setattr(imap_session, "READ_BATCH_BYTES", 1)  # each message is larger
+    assert client.send(b"s SEARCH BODY nothing-like-this\r\n") == (
+        b"* SEARCH\r\ns OK SEARCH completed\r\n"
+    )
+    assert [e.uids for e in client.effects if isinstance(e, ReadMessages)] == [(1,), (2,), (3,)]
 
 
 def test_uid_fetch_includes_uid(mail3: Mail) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from mailserver.names import BadName
@@ -96,6 +96,23 @@ class StoreTests(unittest.TestCase):
         d = folder.read(stored.uid)
         folder.set_flags(stored.uid, {"\\Seen"})
         self.assertEqual(await d, MESSAGE)
+
+    async def test_read_many_follows_renames_and_leaves_out_the_expunged(self) -> None:
+        meanwhile = []  # run on the reactor after the batch is planned, before it is read
+
+        def run_in_thread(f, *args):  # type: ignore[no-untyped-def]
+            while meanwhile:
+                meanwhile.pop(0)()
+            return threads.deferToThread(f, *args)
+
+        store = MaildirStore(self.mktemp(), hostname="host.example", run_in_thread=run_in_thread)
+        folder = store.folder(ALICE)
+        bodies = [MESSAGE + b"%d\r\n" % i for i in range(3)]
+        uids = [(await store.deliver(ALICE, [body])).uid for body in bodies]
+        meanwhile.append(lambda: folder.set_flags(uids[1], {"\\Seen"}))
+        meanwhile.append(lambda: folder.expunge([uids[2]]))
+        got = await folder.read_many([*uids, 99])
+        self.assertEqual(got, {uids[0]: bodies[0], uids[1]: bodies[1]})
 
     async def test_foreign_lf_file_is_picked_up_and_served_with_crlf(self) -> None:
         folder = self.store.folder(ALICE)
