@@ -17,6 +17,7 @@ from mailserver.imap.session import (
     MeasureFolder,
     Pause,
     ReadMessages,
+    SetFlags,
     UserSessions,
 )
 from mailserver.limits import LimitedFactory, SessionSpec, is_loopback, peer_host
@@ -100,6 +101,8 @@ class IMAPFactory(LimitedFactory):
         def run(effect: Effect) -> Any:
             if isinstance(effect, ReadMessages):
                 return effect.folder.read_many(effect.uids)
+            if isinstance(effect, SetFlags):
+                return effect.folder.set_flags_many(effect.changes)
             if isinstance(effect, MeasureFolder):
                 return effect.folder.measure()
             if isinstance(effect, Pause):

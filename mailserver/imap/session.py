@@ -153,6 +153,15 @@ class ReadMessages(Effect):
 
 
 @dataclass(frozen=True)
+class SetFlags(Effect):
+    """Give messages these flags (Folder.set_flags_many: the renames run in a thread);
+    the result is the UIDs whose flags changed."""
+
+    folder: Folder
+    changes: tuple[tuple[int, frozenset[str]], ...]
+
+
+@dataclass(frozen=True)
 class MeasureFolder(Effect):
     """Learn the sizes, line ends and dates of files other programs put in the folder
     (Folder.measure), before a command that reports them."""
@@ -1025,41 +1034,68 @@ class IMAPSession:
             return None
         return [(seq, uids[seq - 1]) for lo, hi in ranges for seq in range(lo, hi + 1)]
 
-    def _cmd_STORE(self, c: p.Command) -> None:
+    def _cmd_STORE(self, c: p.Command) -> Job | None:
         assert self.selected is not None and isinstance(c.args, p.Store)
         if self.selected.readonly:
             self._tagged(c.tag, "NO", "[READ-ONLY] Mailbox is read-only")
-            return
+            return None
         targets = self._messages(c, c.args.sequence_set)
         if targets is None:
-            return
+            return None
         unchanged_since = c.args.unchanged_since
         if unchanged_since is not None:
             self._enable_condstore()  # RFC 7162 §3.1: a CONDSTORE-enabling command
         folder = self.selected.folder
         change = set(c.args.flags)
+        changes: dict[int, frozenset[str]] = {}
         modified: list[int] = []
-        with folder.changes():
-            for seq, uid in targets:
-                message = folder.by_uid(uid)
-                if message is None:
-                    continue  # expunged by another session, not yet reported
-                if unchanged_since is not None and message.modseq > unchanged_since:
-                    # RFC 7162 §3.1.3: changed since the client looked; left alone.
-                    modified.append(uid if c.uid else seq)
-                    continue
-                if c.args.mode == "+":
-                    flags = message.flags | change
-                elif c.args.mode == "-":
-                    flags = message.flags - change
-                else:
-                    flags = frozenset(change)
-                changed = flags != message.flags
-                if changed:
-                    self._set_flags(uid, flags)
+        reported: list[tuple[int, int]] = []
+        for seq, uid in targets:
+            message = folder.by_uid(uid)
+            if message is None:
+                continue  # expunged by another session, not yet reported
+            if unchanged_since is not None and message.modseq > unchanged_since:
+                # RFC 7162 §3.1.3: changed since the client looked; left alone.
+                modified.append(uid if c.uid else seq)
+                continue
+            if c.args.mode == "+":
+                flags = message.flags | change
+            elif c.args.mode == "-":
+                flags = message.flags - change
+            else:
+                flags = frozenset(change)
+            if flags != message.flags:
+                changes[uid] = flags
+            reported.append((seq, uid))
+        return self._store(c, changes, reported, modified)
+
+    def _store(
+        self,
+        c: p.Command,
+        changes: dict[int, frozenset[str]],
+        reported: list[tuple[int, int]],
+        modified: list[int],
+    ) -> Job:
+        """Rename the files (in a thread, SetFlags) a batch at a time, and tell the client
+        each batch's new flags while the next one is renamed."""
+        assert self.selected is not None and isinstance(c.args, p.Store)
+        selected = self.selected
+        for start in range(0, len(reported), FETCH_BATCH):
+            batch = reported[start : start + FETCH_BATCH]
+            batch_changes = tuple((uid, changes[uid]) for _, uid in batch if uid in changes)
+            if batch_changes:
+                uids = {uid for uid, _ in batch_changes}
+                self._own_flags.update(uids)  # reported below, not as news from others
+                try:
+                    yield SetFlags(selected.folder, batch_changes)
+                finally:
+                    self._own_flags.difference_update(uids)
+                if self.selected is not selected:
+                    return
+            for seq, uid in batch:
                 if not c.args.silent:
                     self._send(self._fetch_line(seq, uid, self._flag_items(uid, c.uid)))
-                elif changed and self.condstore:
+                elif uid in changes and self.condstore:
                     # RFC 7162 §3.1.3: even .SILENT reports the new MODSEQ.
                     items = [b"MODSEQ (%d)" % self._modseq(uid)]
                     if c.uid:
@@ -1076,14 +1112,6 @@ class IMAPSession:
         assert self.selected is not None
         message = self.selected.folder.by_uid(uid)
         return message.modseq if message is not None else 0
-
-    def _set_flags(self, uid: int, flags: frozenset[str]) -> None:
-        assert self.selected is not None
-        self._own_flags.add(uid)
-        try:
-            self.selected.folder.set_flags(uid, flags)
-        finally:
-            self._own_flags.discard(uid)
 
     def _flag_items(self, uid: int, with_uid: bool) -> list[bytes]:
         """FLAGS (with UID when asked, and MODSEQ once CONDSTORE is on, RFC 7162 §3.1.4)."""
@@ -1144,6 +1172,25 @@ class IMAPSession:
                 yield Pause()
             if self.selected is not selected:
                 return
+            seen_now: set[int] = set()
+            if sets_seen:
+                # RFC 3501 §6.4.5: BODY[] and RFC822 set \Seen (the renames in a thread).
+                unseen = [
+                    (uid, message.flags | {"\\Seen"})
+                    for _, uid in batch
+                    if (message := folder.by_uid(uid)) is not None
+                    and "\\Seen" not in message.flags
+                    and (not needs_body or uid in bodies)
+                ]
+                if unseen:
+                    seen_now = {uid for uid, _ in unseen}
+                    self._own_flags.update(seen_now)  # reported below
+                    try:
+                        yield SetFlags(folder, tuple(unseen))
+                    finally:
+                        self._own_flags.difference_update(seen_now)
+                    if self.selected is not selected:
+                        return
             for seq, uid in batch:
                 # The index may have changed (or been rebuilt) while the files were read.
                 message = folder.by_uid(uid)
@@ -1155,10 +1202,7 @@ class IMAPSession:
                     if data is None:
                         continue  # its file went away while it was read
                     parts = MessageParts(data)
-                flags_changed = False
-                if sets_seen and "\\Seen" not in message.flags:
-                    self._set_flags(uid, message.flags | {"\\Seen"})
-                    flags_changed = True
+                flags_changed = uid in seen_now
                 items = [self._fetch_item(a, message, uid, parts) for a in attributes]
                 if flags_changed and not any(a.name == "FLAGS" for a in attributes):
                     # RFC 3501 §6.4.5: report the implicit \Seen.

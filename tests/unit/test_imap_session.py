@@ -33,6 +33,7 @@ from mailserver.imap.session import (
     MeasureFolder,
     Pause,
     ReadMessages,
+    SetFlags,
     UserSessions,
 )
 from mailserver.session import Authenticate, Close, Effect, Send, StartTLS
@@ -175,6 +176,8 @@ class Client:
             if self.while_reading is not None:
                 self.while_reading()
             return settled(effect.folder.read_many(effect.uids))
+        if isinstance(effect, SetFlags):
+            return settled(effect.folder.set_flags_many(effect.changes))
         if isinstance(effect, Pause):
             return None
         if isinstance(effect, MeasureFolder):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from twisted.internet import defer, threads
 from twisted.trial import unittest
@@ -323,3 +324,90 @@ class MeasuringTests(unittest.TestCase):
         message = again.folder(ALICE).messages[0]
         self.assertEqual((message.uid, message.size, message.crlf), (1, 3, False))
         self.assertFalse(again.folder(ALICE).unmeasured)
+
+
+class Meanwhile:
+    """A run_in_thread that runs the job at once, and around it what other sessions do
+    while a real thread would run it (``before`` the job, ``after`` it but before the
+    reactor hears the result)."""
+
+    def __init__(self) -> None:
+        self.before: list[Callable[[], object]] = []
+        self.after: list[Callable[[], object]] = []
+
+    def __call__(self, f: Callable[..., object], *args: object) -> defer.Deferred[object]:
+        while self.before:
+            self.before.pop(0)()
+        result = f(*args)
+        while self.after:
+            self.after.pop(0)()
+        return defer.succeed(result)
+
+
+class FlagBatchTests(unittest.TestCase):
+    """Folder.set_flags_many: renames in a thread while other sessions go on."""
+
+    def setUp(self) -> None:
+        self.meanwhile = Meanwhile()
+        self.root = self.mktemp()
+        self.store = MaildirStore(self.root, hostname="host", run_in_thread=self.meanwhile)
+        self.folder = self.store.folder(ALICE)
+        self.bodies = [MESSAGE + b"%d\r\n" % i for i in range(3)]
+        self.uids = []
+        for body in self.bodies:
+            stored = self.successResultOf(self.store.deliver(ALICE, [body]))
+            self.uids.append(stored.uid)
+
+    def files(self) -> list[str]:
+        return sorted(os.listdir(os.path.join(self.folder.path, "new"))) + sorted(
+            os.listdir(os.path.join(self.folder.path, "cur"))
+        )
+
+    def test_renames_update_the_index_and_the_uid_list(self) -> None:
+        seen = []
+        self.store.bus.subscribe(self.folder.key, seen.append)
+        before = self.folder.highest_modseq
+        changes = [(uid, frozenset({"\\Flagged"})) for uid in self.uids]
+        self.assertEqual(self.successResultOf(self.folder.set_flags_many(changes)), self.uids)
+        self.assertTrue(all(name.endswith(":2,F") for name in self.files()))
+        self.assertEqual(seen, [FlagsChanged(self.folder.key, u, {"\\Flagged"}) for u in self.uids])
+        self.assertEqual(self.folder.highest_modseq, before + 3)
+        # Nothing to do the second time; and a restart reads the same flags and modseqs.
+        self.assertEqual(self.successResultOf(self.folder.set_flags_many(changes)), [])
+        again = MaildirStore(self.root, hostname="host").folder(ALICE)
+        self.assertEqual([m.flags for m in again.messages], [{"\\Flagged"}] * 3)
+        self.assertEqual(again.highest_modseq, self.folder.highest_modseq)
+
+    def test_a_message_expunged_during_the_renames_stays_expunged(self) -> None:
+        first, second, third = self.uids
+        self.meanwhile.before.append(lambda: self.folder.expunge([first]))
+        self.meanwhile.after.append(lambda: self.folder.expunge([second]))
+        changes = [(uid, frozenset({"\\Seen"})) for uid in self.uids]
+        self.assertEqual(self.successResultOf(self.folder.set_flags_many(changes)), [third])
+        self.assertEqual(len(self.files()), 1)
+        self.folder.scan()  # the renamed file of the second is not found again
+        self.assertEqual([m.uid for m in self.folder.messages], [third])
+
+    def test_a_rename_by_another_session_meanwhile_leaves_the_batch_last(self) -> None:
+        uid = self.uids[0]
+        self.meanwhile.before.append(lambda: self.folder.set_flags(uid, {"\\Answered"}))
+        result = self.folder.set_flags_many([(uid, frozenset({"\\Flagged"}))])
+        self.assertEqual(self.successResultOf(result), [uid])
+        self.assertEqual(self.folder.by_uid(uid).flags, {"\\Flagged"})
+        self.assertEqual(sum(name.endswith(":2,F") for name in self.files()), 1)
+
+    def test_reads_and_refreshes_meanwhile_wait_for_the_batch(self) -> None:
+        uid = self.uids[0]
+        reads = []
+        foreign = os.path.join(self.folder.path, "new", "1.foreign.host")
+
+        def others() -> None:
+            reads.append(self.folder.read_many([uid]))  # planned with the old name
+            with open(foreign, "wb") as f:
+                f.write(b"Subject: from elsewhere\r\n\r\n")
+            self.folder.refresh()
+
+        self.meanwhile.after.append(others)
+        self.successResultOf(self.folder.set_flags_many([(uid, frozenset({"\\Seen"}))]))
+        self.assertEqual(self.successResultOf(reads[0]), {uid: self.bodies[0]})
+        self.assertEqual(len(self.folder.messages), 4)  # the put-off refresh found it
