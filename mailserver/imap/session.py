@@ -60,6 +60,10 @@ DELIMITER = "."
 # and how many bytes of message files one such batch reads at most (one larger alone).
 FETCH_BATCH = 256
 READ_BATCH_BYTES = 1 << 20
+# How many files a STORE renames in one thread job before it reports their flags: fewer
+# would cost more in thread hops than the client gains from hearing of the first ones
+# early (measured on 10,000 messages: 256 was 10 % slower than renaming on the reactor).
+STORE_BATCH = 1024
 # How many messages a SEARCH matches against the index alone between two pauses.
 SEARCH_BATCH = 4096
 # RFC 5161 §3.1: the extensions ENABLE can turn on.
@@ -1080,8 +1084,8 @@ class IMAPSession:
         each batch's new flags while the next one is renamed."""
         assert self.selected is not None and isinstance(c.args, p.Store)
         selected = self.selected
-        for start in range(0, len(reported), FETCH_BATCH):
-            batch = reported[start : start + FETCH_BATCH]
+        for start in range(0, len(reported), STORE_BATCH):
+            batch = reported[start : start + STORE_BATCH]
             batch_changes = tuple((uid, changes[uid]) for _, uid in batch if uid in changes)
             if batch_changes:
                 uids = {uid for uid, _ in batch_changes}
