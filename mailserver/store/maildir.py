@@ -424,12 +424,12 @@ class Folder:
 
     def _measure_plan(self) -> list[tuple[str, str, bool]]:
         plan = []
-        for base in sorted(self._unmeasured):
-            message = self._by_base.get(base)
-            record = self._uidlist.records.get(base)
-            if message is not None and record is not None:
+        unmeasured, records = self._unmeasured, self._uidlist.records
+        for message in self.messages:
+            if message.base in unmeasured:
+                record = records[message.base]
                 read = record.size < 0 or record.crlf is None
-                plan.append((base, self.file_path(message), read))
+                plan.append((message.base, self.file_path(message), read))
         return plan
 
     def _measured(self, result: list[tuple[str, str, Measured | None]] | Failure) -> None:
