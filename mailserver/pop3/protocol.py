@@ -133,7 +133,8 @@ class POP3Connection:
         d.addCallbacks(counted, failed)
         return d
 
-    def _commit(self, uids: tuple[int, ...]) -> list[int]:
+    def _commit(self, uids: tuple[int, ...]) -> defer.Deferred[list[int]]:
+        """Apply the deletions; RFC 1939 §6: the +OK to QUIT comes once the files are gone."""
         assert self.folder is not None, "CommitDeletes before OpenMaildrop"
         try:
             removed = self.folder.expunge(uids)
@@ -142,8 +143,10 @@ class POP3Connection:
             self._release()
             raise
         self.deleted = len(removed)
-        self._release()
-        return removed
+        d = self.folder.expunged()
+        d.addBoth(lambda result: (self._release(), result)[1])
+        d.addCallback(lambda _: removed)
+        return d
 
     def _release(self) -> None:
         if self.locked is not None:

@@ -169,6 +169,13 @@ def measure_file(path: str, read: bool) -> Measured | None:
     return Measured(len(data) + bare, bare == 0, st.st_mtime)
 
 
+def _unlink_files(paths: list[str]) -> None:
+    """Unlink expunged message files (one gone already is fine). Blocks: run in a thread."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 def _rename_files(moves: list[tuple[str, str]]) -> list[bool]:
     """Rename each file; whether it was there to rename (another session may have
     renamed or expunged it first). Blocks: run in a thread."""
@@ -264,6 +271,10 @@ class Folder:
         self._moving: set[int] = set()
         self._moved_waiters: list[defer.Deferred[None]] = []
         self._refresh_wanted = False
+        # Expunged messages whose files are being unlinked (a scan must not find them).
+        self._doomed: set[str] = set()
+        self._unlinking = 0
+        self._unlinked_waiters: list[defer.Deferred[None]] = []
         self.scan()
 
     # Identity and counters ---------------------------------------------------------
@@ -315,7 +326,8 @@ class Folder:
                 if filename.startswith("."):
                     continue
                 base, info = parse_filename(filename)
-                found[base] = (subdir, info)
+                if base not in self._doomed:
+                    found[base] = (subdir, info)
         appended: list[uidlist.UidRecord] = []
         file_sizes: dict[str, int] = {}  # the S= of files not measured yet, for the quota
         for base in sorted(base for base in found if base not in stored.records):
@@ -657,30 +669,61 @@ class Folder:
 
     # Expunge -------------------------------------------------------------------------
     def expunge(self, uids: Iterable[int]) -> list[int]:
-        """Remove these messages; announce each; return the UIDs removed."""
+        """Remove these messages from the index and announce each; return the UIDs
+        removed. Their files are unlinked in a thread (10,000 unlinks would hold the
+        reactor for a sixth of a second), and the UID list is rewritten after that:
+        a crash in between brings the messages back, never loses one. ``expunged()``
+        fires once the files are gone."""
         removed = []
+        paths = []
+        bases = set()
         for uid in sorted(set(uids)):
             message = self._by_uid.pop(uid, None)
             if message is None:
                 continue
-            try:
-                os.unlink(self.file_path(message))
-            except FileNotFoundError:
-                pass
+            paths.append(self.file_path(message))
             del self._by_base[message.base]
             self._uidlist.records.pop(message.base, None)
             self._unmeasured.discard(message.base)
+            bases.add(message.base)
             removed.append(uid)
         if not removed:
             return removed
         gone = set(removed)
         self.messages = [m for m in self.messages if m.uid not in gone]
         self._uidlist.highest_modseq += 1  # RFC 7162 §3.1.1: an expunge is a change
-        uidlist.rewrite(self.path, self._uidlist)
-        self._dir_stamp = self._stamp()
+        self._doomed |= bases
+        self._unlinking += 1
+        d = self.store.run_in_thread(_unlink_files, paths)
+        d.addBoth(self._unlinked, bases)
         for uid in removed:
             self.store.bus.publish(Expunged(self.key, uid))
         return removed
+
+    def _unlinked(self, result: object, bases: set[str]) -> None:
+        self._unlinking -= 1
+        self._doomed -= bases
+        if isinstance(result, Failure):
+            log.failure("removing expunged files in {path} failed", result, path=self.path)
+            self.scan()  # what is left on disk comes back, under new UIDs
+        elif not self.deleted:
+            try:
+                uidlist.rewrite(self.path, self._uidlist)
+                self._dir_stamp = self._stamp()
+            except FileNotFoundError:
+                pass  # the folder itself was removed meanwhile
+        if not self._unlinking:
+            waiters, self._unlinked_waiters = self._unlinked_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def expunged(self) -> defer.Deferred[None]:
+        """Fires once the files of every expunge so far are unlinked."""
+        if not self._unlinking:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._unlinked_waiters.append(waiter)
+        return waiter
 
     # Reading -------------------------------------------------------------------------
     def read(self, uid: int) -> defer.Deferred[bytes]:

@@ -88,8 +88,12 @@ class StoreTests(unittest.TestCase):
         seen = []
         self.store.bus.subscribe(folder.key, seen.append)
         self.assertEqual(folder.expunge([stored.uid, 99]), [stored.uid])
-        self.assertEqual(seen, [Expunged(folder.key, stored.uid)])
+        self.assertEqual(seen, [Expunged(folder.key, stored.uid)])  # at once
+        folder.scan()  # the file, maybe not unlinked yet, does not come back
+        self.assertEqual(folder.messages, [])
+        await folder.expunged()
         self.assertEqual(os.listdir(os.path.join(folder.path, "new")), [])
+        self.assertEqual(uidlist.load(folder.path).records, {})
 
     async def test_read_follows_a_rename(self) -> None:
         folder = self.store.folder(ALICE)
@@ -411,3 +415,16 @@ class FlagBatchTests(unittest.TestCase):
         self.successResultOf(self.folder.set_flags_many([(uid, frozenset({"\\Seen"}))]))
         self.assertEqual(self.successResultOf(reads[0]), {uid: self.bodies[0]})
         self.assertEqual(len(self.folder.messages), 4)  # the put-off refresh found it
+
+    def test_an_expunged_file_is_not_found_again_before_it_is_unlinked(self) -> None:
+        first = self.uids[0]
+        seen_meanwhile = []
+        self.meanwhile.before.append(
+            lambda: seen_meanwhile.append((self.folder.scan(), self.folder.by_uid(first))[1])
+        )
+        self.assertEqual(self.folder.expunge([first]), [first])
+        self.assertEqual(seen_meanwhile, [None])  # the scan before the unlink skipped it
+        self.successResultOf(self.folder.expunged())
+        self.assertEqual(len(self.files()), 2)
+        again = MaildirStore(self.root, hostname="host").folder(ALICE)
+        self.assertEqual([m.uid for m in again.messages], self.uids[1:])

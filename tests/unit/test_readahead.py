@@ -87,6 +87,8 @@ class ReadAheadTests(unittest.TestCase):
     async def test_an_expunged_upcoming_message_is_skipped(self) -> None:
         reader = ReadAhead()
         self.folder.expunge([self.uids[1]])
+        await self.folder.expunged()
+        self.jobs = 0  # the unlinking
         got = await reader.read(self.folder, self.uids[0], tuple(self.uids[1:]))
         self.assertEqual(got, message(1))
         self.assertEqual(await reader.read(self.folder, self.uids[2]), message(3))
