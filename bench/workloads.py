@@ -3,8 +3,6 @@ figures of its JSON line we compare.
 
 Every workload runs one shared generator (``../shared/bench/load``) as a subprocess with
 ``--server-pids``, so CPU and memory are charged to the server's own process tree.
-IMAP runs go through ``bench/imap_shim.py`` (the unchanged ``imap_bench.py`` that only
-tolerates a refused SEARCH), for every server alike.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ BOB = "bob@example.test"
 OURS = "ours"
 PFDC = "postfix-dovecot"
 AIOSMTPD = "aiosmtpd"
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 Result = dict[str, Any]
 Getter = Callable[[Result], float | None]
@@ -119,7 +116,7 @@ def _py(load: str, tool: str, *args: object) -> list[str]:
 
 
 def _imap(load: str, *args: object) -> list[str]:
-    return [sys.executable, os.path.join(HERE, "imap_shim.py"), load, *map(str, args)]
+    return _py(load, "imap_bench.py", *args)
 
 
 def smtp_workload(name: str, title: str, msgs: int, per_conn: int, timeout: float) -> Workload:
