@@ -269,12 +269,12 @@ class Folder:
         # A batch of renames in a thread (set_flags_many): the UIDs it moves, who waits
         # for it to be applied, and whether a refresh was put off until then.
         self._moving: set[int] = set()
-        self._moved_waiters: list[defer.Deferred[None]] = []
+        self._moved_waiters = _Waiters()
         self._refresh_wanted = False
         # Expunged messages whose files are being unlinked (a scan must not find them).
         self._doomed: set[str] = set()
         self._unlinking = 0
-        self._unlinked_waiters: list[defer.Deferred[None]] = []
+        self._unlinked_waiters = _Waiters()
         self.scan()
 
     # Identity and counters ---------------------------------------------------------
@@ -624,17 +624,11 @@ class Folder:
                 self.scan()  # someone asked meanwhile (or a bug struck): see what is there
             else:
                 self._dir_stamp = self._stamp()
-            waiters, self._moved_waiters = self._moved_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._moved_waiters.fire()
 
     def moved(self) -> defer.Deferred[None]:
         """Fires once no batch of renames is in flight (at once if none is)."""
-        if not self._moving:
-            return defer.succeed(None)
-        waiter: defer.Deferred[None] = defer.Deferred()
-        self._moved_waiters.append(waiter)
-        return waiter
+        return self._moved_waiters.wait(bool(self._moving))
 
     def _kept_flags(self, flags: Iterable[str]) -> frozenset[str]:
         """The flags a file can carry: system flags and keywords with a letter."""
@@ -713,17 +707,11 @@ class Folder:
             except FileNotFoundError:
                 pass  # the folder itself was removed meanwhile
         if not self._unlinking:
-            waiters, self._unlinked_waiters = self._unlinked_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._unlinked_waiters.fire()
 
     def expunged(self) -> defer.Deferred[None]:
         """Fires once the files of every expunge so far are unlinked."""
-        if not self._unlinking:
-            return defer.succeed(None)
-        waiter: defer.Deferred[None] = defer.Deferred()
-        self._unlinked_waiters.append(waiter)
-        return waiter
+        return self._unlinked_waiters.wait(bool(self._unlinking))
 
     # Reading -------------------------------------------------------------------------
     def read(self, uid: int) -> defer.Deferred[bytes]:
@@ -831,6 +819,26 @@ class Folder:
         self.messages, self._by_uid, self._by_base = [], {}, {}
         for uid in uids:
             self.store.bus.publish(Expunged(self.key, uid))
+
+
+class _Waiters:
+    """The callers waiting for some work in flight to be done."""
+
+    def __init__(self) -> None:
+        self._waiting: list[defer.Deferred[None]] = []
+
+    def wait(self, busy: bool) -> defer.Deferred[None]:
+        """Fires when the work is done: at once if it is not ``busy``."""
+        if not busy:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append(waiter)
+        return waiter
+
+    def fire(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(None)
 
 
 @dataclass(frozen=True)
