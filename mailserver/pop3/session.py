@@ -176,6 +176,7 @@ class POP3Session:
         self.address: str | None = None
         self._user: str | None = None
         self._entries: list[MaildropEntry] = []
+        self._uids: tuple[int, ...] = ()  # the entries' UIDs, for read-ahead
         self._deleted: set[int] = set()  # message numbers marked by DELE
         self._buffer = bytearray()
         self._discarding = False  # inside a line that was too long
@@ -437,6 +438,7 @@ class POP3Session:
             self._close()
             return
         self._entries = list(result)
+        self._uids = tuple(e.uid for e in self._entries)
         self.state = State.TRANSACTION
         count, octets = self._totals()
         self._ok(f"{count} messages ({octets} octets)")
@@ -538,12 +540,10 @@ class POP3Session:
             for chunk in stuffed_response(f"+OK {len(data)} octets", data):
                 self._send(chunk)
 
-        upcoming = tuple(
-            e.uid
-            for n, e in enumerate(self._entries[number : number + READ_AHEAD_MESSAGES], number + 1)
-            if n not in self._deleted
-        )
-        self._effect(ReadMessage(self._entries[number - 1].uid, upcoming), send)
+        # What follows, for the read-ahead. Messages marked deleted are left in: they stay on
+        # disk until QUIT, and leaving them out cost a fifth of a RETR's time on the reactor.
+        upcoming = self._uids[number : number + READ_AHEAD_MESSAGES]
+        self._effect(ReadMessage(self._uids[number - 1], upcoming), send)
 
     def _dele(self, arg: bytes | None) -> None:
         number = self._message(arg)
