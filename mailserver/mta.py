@@ -18,7 +18,7 @@ RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
 
 
 def accepted(envelope: Envelope) -> Reply:
-    return Reply(250, "2.0.0", f"OK queued as {envelope.session_id}")
+    return Reply(250, "2.0.0", f"OK queued as {envelope.queue_id}")
 
 
 def check_local_recipient(directory: Directory, store: MaildirStore, address: str) -> Reply:

@@ -61,6 +61,9 @@ class Envelope:
     helo: str = ""
     peer: str = ""
     session_id: str = ""
+    # This message's id in the logs, the 250 reply and the Received field: one session
+    # may send many messages, each gets its own.
+    queue_id: str = ""
     auth_user: str | None = None
     # RFC 3461 RCPT parameters (NOTIFY, ORCPT) of each accepted recipient.
     rcpt_params: dict[str, dict[str, str | None]] = field(default_factory=dict)
@@ -130,6 +133,7 @@ class SMTPSession:
         self._sasl: list[str] | None = None  # [mechanism, user name so far] during AUTH
         self.peer = peer
         self.session_id = session_id
+        self._transactions = 0  # MAIL commands accepted so far, for the queue ids
         self.limits = limits
         self.clock = clock
         self._in = bytearray()
@@ -418,12 +422,14 @@ class SMTPSession:
         if reply is not None:
             self._error(reply)
             return
+        self._transactions += 1
         envelope = Envelope(
             mail_from=path.address,
             params=path.params,
             helo=self.helo,
             peer=self.peer,
             session_id=self.session_id,
+            queue_id=f"{self.session_id}.{self._transactions}",
             auth_user=self.auth_user,
         )
         self._effect(CheckSender(envelope, path.address))
@@ -582,7 +588,7 @@ class SMTPSession:
         literal = f"[IPv6:{self.peer}]" if ":" in self.peer else f"[{self.peer}]"
         return (
             f"Received: from {envelope.helo} ({literal})\r\n"
-            f"\tby {self.hostname} (mailserver) with {protocol} id {self.session_id}"
+            f"\tby {self.hostname} (mailserver) with {protocol} id {envelope.queue_id}"
             f"{recipient};\r\n\t{date}\r\n"
         ).encode("ascii", "replace")
 

@@ -56,6 +56,7 @@ class StoreTests(unittest.TestCase):
         self.assertEqual(uids, [1, 2, 3])
         validity = folder.uidvalidity
         folder.expunge([3])
+        await folder.expunged()
         again = self.reopen().folder(ALICE)
         self.assertEqual([m.uid for m in again.messages], [1, 2])
         self.assertEqual(again.uidvalidity, validity)

@@ -118,6 +118,16 @@ def test_ehlo_needs_a_domain() -> None:
     assert t.send(b"EHLO bad_domain!\r\n").startswith(b"501 5.5.4")
 
 
+def test_each_transaction_of_a_session_has_its_own_queue_id() -> None:
+    t = ehlo()
+    for _ in range(2):
+        t.send(b"MAIL FROM:<sender@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        t.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+    assert [d.envelope.queue_id for d in t.delivered] == ["sid1.1", "sid1.2"]
+    received = [d.chunks[0] for d in t.delivered]  # the Received field names it too
+    assert [b" id sid1.1\r\n" in received[0], b" id sid1.2\r\n" in received[1]] == [True, True]
+
+
 def test_whole_transaction_with_received_header_and_dot_unstuffing() -> None:
     t = ehlo()
     assert t.send(b"MAIL FROM:<sender@example.org>\r\n") == b"250 2.1.0 Sender OK\r\n"
@@ -129,7 +139,7 @@ def test_whole_transaction_with_received_header_and_dot_unstuffing() -> None:
     assert delivery.envelope.rcpt_to == ["alice@example.test"]
     received, *body = delivery.chunks
     assert received.startswith(b"Received: from client.example.org ([192.0.2.7])\r\n")
-    assert b"with ESMTP id sid1\r\n\tfor <alice@example.test>;" in received
+    assert b"with ESMTP id sid1.1\r\n\tfor <alice@example.test>;" in received
     assert b"".join(body) == b"Subject: x\r\n\r\n.leading dot\r\n"
     assert t.send(b"QUIT\r\n") == b"221 2.0.0 mx.example.test closing connection\r\n"
     assert t.closed
