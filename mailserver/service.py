@@ -305,8 +305,10 @@ def prepare_run_dir(config: Config) -> None:
     sample = config.resolve(config.store.sample)
     if os.path.exists(maildir):
         return
+    if sample and not os.path.isdir(sample):
+        raise ConfigError(f"{config.path}: [store] sample: {sample}: no such directory")
     try:
-        if sample and os.path.isdir(sample):
+        if sample:
             shutil.copytree(sample, maildir, ignore=shutil.ignore_patterns(".gitkeep"))
             log.info(
                 "store created at {maildir} from the sample {sample}",

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from mailserver.config import ConfigError, load
+from mailserver.service import prepare_run_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT = os.path.join(ROOT, "etc", "mailserver.toml")
@@ -132,6 +133,19 @@ def test_twistd_refuses_an_unusable_run_dir_with_one_line(tmp_path) -> None:
     assert (
         result.stderr == f"mailserver: {path}: [server] run_dir: {blocker}/run: Not a directory\n"
     )
+
+
+def test_a_missing_sample_store_is_refused_naming_the_key(tmp_path) -> None:
+    path = write(
+        tmp_path,
+        '[store]\nmaildir = "run/Maildir"\nsample = "no-such-sample"\n'
+        '[listeners]\nsmtp = ["tcp:0:interface=127.0.0.1"]\n',
+    )
+    with pytest.raises(ConfigError) as refused:
+        prepare_run_dir(load(path))
+    sample = tmp_path / "no-such-sample"
+    assert str(refused.value) == f"{path}: [store] sample: {sample}: no such directory"
+    assert not (tmp_path / "run" / "Maildir").exists()  # no empty store instead
 
 
 def test_twistd_lists_the_plugin_and_its_options() -> None:
