@@ -509,11 +509,14 @@ class Folder:
     def file_path(self, message: MessageInfo) -> str:
         if message.subdir == "new":
             return f"{self.path}/new/{message.base}"
+        return self._cur_path(message.base, message.flags)
+
+    def _cur_path(self, base: str, flags: frozenset[str]) -> str:
         # Reading 1000 messages asks 1000 times: most share a handful of flag sets.
-        info = self._infos.get(message.flags)
+        info = self._infos.get(flags)
         if info is None:
-            info = self._infos[message.flags] = self._info_from_flags(message.flags)
-        return f"{self.path}/cur/{message.base}:2,{info}"
+            info = self._infos[flags] = self._info_from_flags(flags)
+        return f"{self.path}/cur/{base}:2,{info}"
 
     def set_flags(self, uid: int, flags: Iterable[str]) -> MessageInfo | None:
         """Give a message exactly these flags (a rename into cur/); announce the change."""
@@ -535,15 +538,21 @@ class Folder:
         if message.flags == old_flags:
             self._dir_stamp = self._stamp()
             return message  # only moved from new/ to cur/: no metadata change
+        record = self._new_modseq(message)
+        if record is not None:
+            uidlist.append(self.path, self._uidlist, [record], updated=True)
+            self._dir_stamp = self._stamp()
+        self.store.bus.publish(FlagsChanged(self.key, uid, message.flags))
+        return message
+
+    def _new_modseq(self, message: MessageInfo) -> uidlist.UidRecord | None:
+        """RFC 7162: a flag change gets the next MODSEQ; the record to write, if listed."""
         self._uidlist.highest_modseq += 1
         message.modseq = self._uidlist.highest_modseq
         record = self._uidlist.records.get(message.base)
         if record is not None:
             record.modseq = message.modseq
-            uidlist.append(self.path, self._uidlist, [record], updated=True)
-            self._dir_stamp = self._stamp()
-        self.store.bus.publish(FlagsChanged(self.key, uid, message.flags))
-        return message
+        return record
 
     def set_flags_many(
         self, changes: Sequence[tuple[int, frozenset[str]]]
@@ -562,10 +571,7 @@ class Folder:
             kept = self._kept_flags(flags)
             if kept == message.flags and message.subdir == "cur":
                 continue
-            info = self._infos.get(kept)
-            if info is None:
-                info = self._infos[kept] = self._info_from_flags(kept)
-            target = f"{self.path}/cur/{message.base}:2,{info}"
+            target = self._cur_path(message.base, kept)
             moves.append((uid, kept, self.file_path(message), target))
         if not moves:
             return defer.succeed([])
@@ -600,11 +606,8 @@ class Folder:
                 message.flags, message.subdir = flags, "cur"
                 if flags == old_flags:
                     continue  # only moved from new/ to cur/: no metadata change
-                self._uidlist.highest_modseq += 1
-                message.modseq = self._uidlist.highest_modseq
-                record = self._uidlist.records.get(message.base)
+                record = self._new_modseq(message)
                 if record is not None:
-                    record.modseq = message.modseq
                     records.append(record)
                 changed.append(uid)
                 applied.append(uid)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from twisted.internet import defer
 
-from mailserver.store.maildir import Folder, read_message_file
+from mailserver.store.maildir import Folder
 
 READ_AHEAD_MESSAGES = 256
 READ_AHEAD_BYTES = 1 << 20  # beyond this, one message a thread job as before
@@ -43,7 +43,7 @@ class ReadAhead:
         if wanted is None or wanted.size > self.max_bytes or not upcoming:
             self._batch.clear()
             return folder.read(uid)
-        plan = [(uid, folder.file_path(wanted), wanted.crlf)]
+        batch = [uid]
         budget = self.max_bytes - wanted.size
         for next_uid in upcoming[: self.max_messages - 1]:
             message = folder.by_uid(next_uid)
@@ -52,24 +52,15 @@ class ReadAhead:
             if message.size > budget:
                 break
             budget -= message.size
-            plan.append((next_uid, folder.file_path(message), message.crlf))
-
-        def read_all() -> dict[int, bytes]:
-            found = {}
-            for each_uid, path, crlf in plan:
-                try:
-                    found[each_uid] = read_message_file(path, crlf)
-                except OSError:
-                    continue  # renamed or expunged meanwhile: read alone when asked for
-            return found
+            batch.append(next_uid)
 
         def done(found: dict[int, bytes]) -> bytes | defer.Deferred[bytes]:
             first = found.pop(uid, None)
             self._batch = {(folder, u): data for u, data in found.items()}
             if first is None:
-                return folder.read(uid)  # its flags changed meanwhile: the path with retry
+                return folder.read(uid)  # gone meanwhile: the single read says how
             return first
 
-        d = folder.store.run_in_thread(read_all)
+        d = folder.read_many(batch)
         d.addCallback(done)
         return d
