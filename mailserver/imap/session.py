@@ -64,6 +64,7 @@ READ_BATCH_BYTES = 1 << 20
 # would cost more in thread hops than the client gains from hearing of the first ones
 # early (measured on 10,000 messages: 256 was 10 % slower than renaming on the reactor).
 STORE_BATCH = 1024
+FLAG_LISTS_KEPT = 256  # flag sets whose FETCH form a session keeps (_flags)
 # How many messages a SEARCH matches against the index alone between two pauses.
 SEARCH_BATCH = 4096
 # RFC 5161 §3.1: the extensions ENABLE can turn on.
@@ -253,6 +254,7 @@ class IMAPSession:
         # Changes this session is making right now: the bus announces them to us too,
         # but the client hears of them in the command's own responses.
         self._own_flags: set[int] = set()
+        self._flag_lists: dict[tuple[frozenset[str], bool], bytes] = {}  # see _flags()
         self._own_expunges: set[int] = set()
         self._wake: Callable[[], None] | None = None
         self._send(
@@ -1129,10 +1131,17 @@ class IMAPSession:
     def _flags(self, uid: int) -> bytes:
         assert self.selected is not None
         message = self.selected.folder.by_uid(uid)
-        flags = sorted(message.flags) if message else []
-        if uid in self.selected.recent:
-            flags.append("\\Recent")
-        return ("(" + " ".join(flags) + ")").encode()
+        key = (message.flags if message else frozenset(), uid in self.selected.recent)
+        # A FETCH or STORE of 10,000 messages asks 10,000 times for a handful of flag sets.
+        listed = self._flag_lists.get(key)
+        if listed is None:
+            if len(self._flag_lists) >= FLAG_LISTS_KEPT:
+                self._flag_lists.clear()
+            flags = sorted(key[0])
+            if key[1]:
+                flags.append("\\Recent")
+            listed = self._flag_lists[key] = ("(" + " ".join(flags) + ")").encode()
+        return listed
 
     def _fetch_line(self, seq: int, uid: int, items: list[bytes]) -> bytes:
         return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"

@@ -635,6 +635,8 @@ class Folder:
 
     def _kept_flags(self, flags: Iterable[str]) -> frozenset[str]:
         """The flags a file can carry: system flags and keywords with a letter."""
+        if isinstance(flags, frozenset) and flags.issubset(SYSTEM_FLAG_LETTERS):
+            return flags  # the common case, without building a new set
         return frozenset(
             f
             for f in flags

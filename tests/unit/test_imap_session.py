@@ -538,6 +538,35 @@ def test_fetch_index_items(mail3: Mail) -> None:
     )
 
 
+@pytest.mark.parametrize("kept", [1, imap_session.FLAG_LISTS_KEPT])
+def test_fetch_flags_same_set_recent_or_not(
+    mail: Mail, monkeypatch: pytest.MonkeyPatch, kept: int
+) -> None:
+    # The FLAGS list of a flag set is built once per session: \Recent, which is per
+    # session, is part of what it is kept under, and a full table starts again.
+    monkeypatch.setattr(imap_session, "FLAG_LISTS_KEPT", kept)
+    mail.add(MSG1)
+    mail.add(MSG2)
+    first = selected(mail)  # claims \Recent of both (read-write)
+    first.send(b"s STORE 1 FLAGS.SILENT (\\Seen)\r\ns STORE 2 FLAGS.SILENT (\\Flagged)\r\n")
+    assert first.send(b"c CLOSE\r\n") == b"c OK CLOSE completed\r\n"
+    mail.add(MSG3, "S")
+    client = selected(mail)  # claims \Recent of the third
+    assert fetch(client, b"1:3 FLAGS") == (
+        b"* 1 FETCH (FLAGS (\\Seen))\r\n"
+        b"* 2 FETCH (FLAGS (\\Flagged))\r\n"
+        b"* 3 FETCH (FLAGS (\\Seen \\Recent))\r\nf OK FETCH completed\r\n"
+    )
+    assert client.send(b"s STORE 1:3 +FLAGS (\\Answered)\r\n") == (
+        b"* 1 FETCH (FLAGS (\\Answered \\Seen))\r\n"
+        b"* 2 FETCH (FLAGS (\\Answered \\Flagged))\r\n"
+        b"* 3 FETCH (FLAGS (\\Answered \\Seen \\Recent))\r\ns OK STORE completed\r\n"
+    )
+    assert fetch(selected(mail), b"3 FLAGS") == (
+        b"* 3 FETCH (FLAGS (\\Answered \\Seen))\r\nf OK FETCH completed\r\n"
+    )
+
+
 def test_fetch_envelope(mail3: Mail) -> None:
     client = selected(mail3)
     assert fetch(client, b"1 ENVELOPE") == (
