@@ -115,6 +115,7 @@ class Bench:
         self.rounds = args.rounds or self.scale.rounds
         self.workloads = [w for w in workloads(self.scale) if self._selected(w)]
         self.workdir = tempfile.mkdtemp(prefix="mailserver-bench.")
+        self.trash = os.path.join(self.workdir, "trash")  # see reset_mailbox
         self.ours = OurServer(os.path.join(self.workdir, "ours"), args.our_passwd)
         self.peers: dict[str, PostfixDovecot | Aiosmtpd] = {}
         if PFDC in args.peers:
@@ -158,10 +159,10 @@ class Bench:
             self.endpoints[OURS] = self.ours.restart()
         ep = self.endpoints[server]
         for address in w.mailboxes:
-            reset_mailbox(ep.user_maildir(address))
+            reset_mailbox(ep.user_maildir(address), self.trash)
         result = run_generator(w.build(ep, self.args.load), w.timeout)
         for address in w.mailboxes:  # leave no 100k-message mailbox behind
-            reset_mailbox(ep.user_maildir(address))
+            reset_mailbox(ep.user_maildir(address), self.trash)
         return result
 
     def rounds_loop(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IPushProducer, ITLSTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -32,6 +32,36 @@ EffectRunner = Callable[[Effect], Any]
 
 # Stop reading from a client that keeps sending while its session is busy.
 PAUSE_ABOVE = 1 << 20
+# Replies that follow each other in one turn of the pump go out in one write, up to this
+# many bytes (a long FETCH is sent in pieces of this size as it is built).
+WRITE_ABOVE = 1 << 16
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """Write ``data``, sending at once what the kernel takes when nothing waits before it.
+
+    Twisted's ``write`` only buffers: it registers the socket for writability
+    (``epoll_ctl``) and sends on the reactor's next turn, after another ``epoll_wait``,
+    then unregisters it. For a reply to one command that is two system calls and a turn
+    of the loop more than the send, and the client waits for all of them. asyncio's
+    transports try ``send`` first for the same reason. Only a plain TCP connection
+    qualifies: under TLS the bytes must go through the TLS layer, and whatever is already
+    buffered (``dataBuffer``, ``_tempDataLen``) must go first.
+    """
+    if (
+        isinstance(transport, tcp.Connection)
+        and not transport.TLS
+        and transport.connected
+        and not transport.disconnecting
+        and not transport.dataBuffer
+        and not transport._tempDataLen
+    ):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int):  # otherwise the connection is lost: write() finds out
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)
 
 
 @implementer(IPushProducer)
@@ -60,6 +90,8 @@ class SessionProtocol(Protocol, TimeoutMixin):
         self._paused = False
         self._closing = False
         self._writes_blocked = False  # the transport's write buffer is full
+        self._output: list[bytes] = []  # this turn's replies, not yet written
+        self._output_size = 0
 
     # Twisted callbacks -------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -135,21 +167,38 @@ class SessionProtocol(Protocol, TimeoutMixin):
             self._close()
 
     def _pump_actions(self) -> None:
-        while not self._pending and not self._closing and not self._writes_blocked:
-            action = self.session.next_action()
-            if action is None:
-                break
-            if isinstance(action, Send):
-                if self.trace is not None:
-                    self.trace.server_data(action.data)
-                self.transport.write(action.data)
-            elif isinstance(action, Close):
-                self._close()
-            elif isinstance(action, StartTLS):
-                self._start_tls()
-            else:
-                self._run(action)
+        try:
+            while not self._pending and not self._closing and not self._writes_blocked:
+                action = self.session.next_action()
+                if action is None:
+                    break
+                if isinstance(action, Send):
+                    if self.trace is not None:
+                        self.trace.server_data(action.data)
+                    self._output.append(action.data)
+                    self._output_size += len(action.data)
+                    if self._output_size >= WRITE_ABOVE:
+                        self._flush()
+                elif isinstance(action, Close):
+                    self._flush()
+                    self._close()
+                elif isinstance(action, StartTLS):
+                    self._flush()
+                    self._start_tls()
+                else:
+                    self._run(action)
+        finally:
+            self._flush()
         self._flow_control()
+
+    def _flush(self) -> None:
+        """Write what the pump has collected (a write may pause us: _writes_blocked)."""
+        if not self._output:
+            return
+        data = self._output[0] if len(self._output) == 1 else b"".join(self._output)
+        self._output = []
+        self._output_size = 0
+        write_now(self.transport, data)
 
     def _run(self, effect: Effect) -> None:
         """Run an effect. A result that is there at once (a message read ahead, a lookup
@@ -172,6 +221,7 @@ class SessionProtocol(Protocol, TimeoutMixin):
             self._resume(at_once[0])
         else:
             waiting = True
+            self._flush()  # what the session said before it waits goes out now
 
     def _effect_done(self, result: Any) -> None:
         if self._resume(result):

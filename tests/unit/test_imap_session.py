@@ -23,6 +23,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from mailserver import driver
 from mailserver.driver import SessionProtocol
 from mailserver.imap import session as imap_session
 from mailserver.imap.session import (
@@ -744,9 +745,11 @@ class SmallBufferTransport(StringTransport):
         return out
 
 
-def test_a_slow_reader_holds_a_long_fetch_back(mail: Mail) -> None:
+def test_a_slow_reader_holds_a_long_fetch_back(mail: Mail, monkeypatch: Any) -> None:
     """Memory stays bounded: while the transport cannot take more, the FETCH produces no
-    further responses (mailserver.driver is the transport's producer)."""
+    further responses (mailserver.driver is the transport's producer). The driver writes
+    after each response here, not once it has collected WRITE_ABOVE bytes."""
+    monkeypatch.setattr(driver, "WRITE_ABOVE", 1)
     for i in range(3):
         mail.add(b"Subject: %d\r\n\r\nbody\r\n" % i)
     client = selected(mail)
