@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from twisted.internet import defer
+import socket
+
+from twisted.internet import defer, tcp
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from mailserver.driver import PAUSE_ABOVE, SessionProtocol
+from mailserver.driver import PAUSE_ABOVE, SessionProtocol, write_now
 from mailserver.smtp.reply import Reply
 from mailserver.smtp.session import (
     CheckRecipient,
@@ -157,3 +159,71 @@ def test_nagle_is_off_so_the_end_of_a_long_reply_is_not_held_back() -> None:
     transport = _TCPTransport()
     proto.makeConnection(transport)
     assert transport.no_delay is True
+
+
+def _socket_connection() -> tuple[tcp.Connection, socket.socket, MemoryReactorClock]:
+    """A real TCP-transport object over one end of a socket pair, on a memory reactor."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    reactor = MemoryReactorClock()
+    conn = tcp.Connection(ours, None, reactor)  # type: ignore[arg-type]
+    conn.connected = 1
+    return conn, theirs, reactor
+
+
+def _received(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def test_write_now_sends_at_once_when_nothing_is_buffered() -> None:
+    conn, theirs, reactor = _socket_connection()
+    write_now(conn, b"250 OK\r\n")
+    assert _received(theirs) == b"250 OK\r\n"
+    assert conn not in reactor.getWriters()  # no writability round trip through epoll
+
+
+def test_write_now_queues_behind_what_is_already_buffered() -> None:
+    conn, theirs, _ = _socket_connection()
+    conn.write(b"first ")
+    write_now(conn, b"second")
+    assert _received(theirs) == b""  # order first: nothing may overtake the buffer
+    conn.doWrite()
+    assert _received(theirs) == b"first second"
+
+
+def test_write_now_buffers_what_the_kernel_does_not_take() -> None:
+    conn, theirs, reactor = _socket_connection()
+    data = bytes(range(256)) * 40_000  # ~10 MB, more than a socket buffer
+    write_now(conn, data)
+    assert conn in reactor.getWriters()
+    got = [_received(theirs)]
+    while conn in reactor.getWriters():
+        conn.doWrite()
+        got.append(_received(theirs))
+    assert b"".join(got) == data
+
+
+def test_write_now_leaves_a_tls_connection_to_its_tls_layer() -> None:
+    conn, theirs, _ = _socket_connection()
+    written: list[bytes] = []
+    conn.TLS = True
+    conn.protocol = type("TLS", (), {"write": lambda self, data: written.append(data)})()
+    write_now(conn, b"secret")
+    assert written == [b"secret"]
+    assert _received(theirs) == b""
+
+
+def test_replies_of_one_turn_go_out_in_one_write() -> None:
+    proto, transport, _, _ = make()
+    writes: list[bytes] = []
+    transport.write = writes.append  # type: ignore[method-assign]
+    proto.dataReceived(b"EHLO c.test\r\nNOOP\r\nNOOP\r\n")
+    assert len(writes) == 1
+    assert writes[0].startswith(b"250-mx.test") and writes[0].endswith(b"250 2.0.0 OK\r\n" * 2)
