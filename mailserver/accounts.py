@@ -16,7 +16,8 @@ import hmac
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from passlib.context import CryptContext
@@ -188,11 +189,17 @@ def _key(user: str) -> str | None:
         return None
 
 
+# A lookup looks at the passwd-file's mtime at most this often: an edit takes effect
+# within this many seconds, and a busy MTA does not stat the file for every address it
+# resolves (four times a message).
+RECHECK_SECONDS = 1.0
+
+
 class Directory:
     """Who is local: the local domains, the accounts of the passwd-file, the aliases.
 
     The passwd-file is re-read when it changes on disk, so ``mailserver user add`` takes
-    effect without a restart.
+    effect without a restart (within RECHECK_SECONDS).
     """
 
     def __init__(
@@ -201,6 +208,7 @@ class Directory:
         passwd_file: str,
         aliases: Mapping[str, tuple[str, ...]] | None = None,
         subaddress_separator: str = "+",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.domains = frozenset(d.lower() for d in domains)
         self.passwd_file = passwd_file
@@ -208,6 +216,8 @@ class Directory:
         self.separator = subaddress_separator
         self._accounts: dict[str, Account] = {}
         self._stamp: tuple[int, int] | None = None
+        self._clock = clock
+        self._checked_at = clock()
         self.reload()
 
     def reload(self) -> None:
@@ -218,10 +228,13 @@ class Directory:
             self._stamp = stamp
 
     def _current(self) -> dict[str, Account]:
-        try:
-            self.reload()
-        except (OSError, PasswdFileError):
-            pass  # keep serving the accounts we have; the log of the edit says why
+        now = self._clock()
+        if now - self._checked_at >= RECHECK_SECONDS:
+            self._checked_at = now
+            try:
+                self.reload()
+            except (OSError, PasswdFileError):
+                pass  # keep serving the accounts we have; the log of the edit says why
         return self._accounts
 
     def is_local_domain(self, domain: str) -> bool:

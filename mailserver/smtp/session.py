@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import functools
 import re
 import time
 from collections import deque
@@ -583,7 +584,7 @@ class SMTPSession:
         if self.esmtp:
             protocol += ("S" if self.tls else "") + ("A" if self.auth_user else "")
         recipient = f"\r\n\tfor <{envelope.rcpt_to[0]}>" if len(envelope.rcpt_to) == 1 else ""
-        date = email.utils.formatdate(self.clock(), localtime=True)
+        date = _local_date(int(self.clock()))
         # RFC 5321 §4.1.3: an IPv6 address literal is tagged "IPv6:".
         literal = f"[IPv6:{self.peer}]" if ":" in self.peer else f"[{self.peer}]"
         return (
@@ -670,3 +671,10 @@ class _DataReader:
         if self.long_line:
             return Reply(554, "5.6.0", "Message has a line longer than 1000 octets")
         return None
+
+
+@functools.lru_cache(maxsize=4)
+def _local_date(second: int) -> str:
+    """The RFC 5322 date of a second, made once: every message of that second asks, and
+    formatdate with the local zone costs more than the rest of the Received field."""
+    return email.utils.formatdate(second, localtime=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -90,7 +91,8 @@ def unique_base(hostname: str) -> str:
     sec = int(now)
     usec = int((now - sec) * 1_000_000)
     host = hostname.replace("/", "\\057").replace(":", "\\072")
-    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(4)}.{host}"
+    # R: not a secret, only one more thing that differs (random reseeds after a fork).
+    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{random.getrandbits(32):08x}.{host}"
 
 
 def parse_filename(filename: str) -> tuple[str, str]:
