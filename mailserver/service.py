@@ -29,6 +29,7 @@ from mailserver.queue.service import QueueService
 from mailserver.smtp.protocol import SMTPFactory, SMTPPolicy
 from mailserver.smtp.session import SMTPLimits, SMTPRole
 from mailserver.store.maildir import MaildirStore
+from mailserver.store.worker import FileWorker
 from mailserver.tls import ServerTLS, TLSConfigError, ensure_dev_certificate, load_options
 from mailserver.trace import TRACE_FILE, Tracer
 
@@ -105,10 +106,12 @@ class MailServer(MultiService):
             config.accounts.aliases,
             config.accounts.subaddress_separator,
         )
+        self.file_worker = FileWorker(reactor)
         self.store = MaildirStore(
             config.resolve(config.store.maildir),
             hostname=config.server.hostname,
             quota_bytes=config.store.quota_bytes,
+            worker=self.file_worker,
         )
         self.login = LoginService(self.directory, reactor, config.auth)
         self.mda = MDA(self.store, self.directory)
@@ -157,6 +160,7 @@ class MailServer(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        self.file_worker.start()
         # SIGHUP re-reads the certificate and key without dropping sessions.
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.tls.reload))
 
@@ -169,7 +173,7 @@ class MailServer(MultiService):
             return defer.DeferredList(closing)
 
         d.addCallback(close_sessions)
-        d.addCallback(lambda _: None)
+        d.addCallback(lambda _: self.file_worker.stop())
         return d
 
     def _plaintext_on_loopback(self) -> bool:

@@ -33,6 +33,17 @@ from mailserver.store import uidlist
 from mailserver.store.bus import Appended, ChangeBus, Expunged, FlagsChanged
 from mailserver.store.commit import FileJob, GroupCommitter, commit_batch
 from mailserver.store.durable import DirectorySyncer, fsync_dir, write_synced
+from mailserver.store.files import (
+    UNMEASURED_SIZE,
+    Measured,
+    MeasurePlan,
+    MeasureResult,
+    by_directory,
+    from_numbers,
+    measure_files,
+    read_message_file,
+)
+from mailserver.store.worker import FileWorker
 
 SYSTEM_FLAG_LETTERS = {
     "\\Draft": "D",
@@ -75,9 +86,10 @@ class QuotaExceeded(Exception):
 
 _counter = itertools.count(1)
 
-# How the UID list marks a file not measured yet (see Folder.measure).
-UNMEASURED_SIZE = -1
 UNMEASURED_DATE = 0.0
+
+# Measuring this many files or more is split between a thread and the file worker.
+SPLIT_MEASURING_ABOVE = 2000
 
 # How many checked user directories the store remembers (see user_path).
 MAX_CACHED_PATHS = 10_000
@@ -120,57 +132,6 @@ def crlf_from_base(base: str) -> bool | None:
     return None
 
 
-def read_file(path: str) -> tuple[bytes, os.stat_result]:
-    """A whole file and its stat, in four system calls (``open()`` makes nine: a file
-    object, a buffer, an isatty check, a seek), which counts when a FETCH reads 1000."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        st = os.fstat(fd)
-        data = os.read(fd, st.st_size)
-        while len(data) < st.st_size:  # a short read: only on very large files
-            chunk = os.read(fd, st.st_size - len(data))
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(fd)
-    return data, st
-
-
-def read_message_file(path: str, crlf: bool) -> bytes:
-    """Read a message file; one written with bare LF line ends is served with CRLF."""
-    data = read_file(path)[0]
-    if not crlf:
-        if b"\r" in data:  # mixed line ends: make every one CRLF
-            data = data.replace(b"\r\n", b"\n")
-        data = data.replace(b"\n", b"\r\n")
-    return data
-
-
-@dataclass(slots=True)
-class Measured:
-    """What reading a file told: its size as served, its line ends, its date."""
-
-    size: int
-    crlf: bool
-    mtime: float
-
-
-def measure_file(path: str, read: bool) -> Measured | None:
-    """Stat a message file and, when ``read``, read it to find its size as served (CRLF
-    line ends) and whether it has bare LFs; None if it is gone. Blocks: run in a thread."""
-    try:
-        if not read:
-            return Measured(UNMEASURED_SIZE, True, os.stat(path).st_mtime)
-        data, st = read_file(path)
-    except FileNotFoundError:
-        return None
-    bare = data.count(b"\n")
-    if b"\r" in data:  # counting one byte is much faster than counting a pair
-        bare -= data.count(b"\r\n")
-    return Measured(len(data) + bare, bare == 0, st.st_mtime)
-
-
 def _unlink_files(paths: list[str]) -> None:
     """Unlink expunged message files (one gone already is fine). Blocks: run in a thread."""
     for path in paths:
@@ -202,10 +163,6 @@ def _read_files(plan: list[tuple[int, str, bool]]) -> dict[int, bytes]:
         except OSError:
             continue
     return found
-
-
-def _measure_files(plan: list[tuple[str, str, bool]]) -> list[tuple[str, str, Measured | None]]:
-    return [(base, path, measure_file(path, read)) for base, path, read in plan]
 
 
 class Keywords:
@@ -433,10 +390,10 @@ class Folder:
         # Planned once the renames in flight are applied, so that the paths hold.
         self._measuring = self.moved()
         self._measuring.addCallback(lambda _: self._measure_plan())
-        self._measuring.addCallback(lambda plan: self.store.run_in_thread(_measure_files, plan))
+        self._measuring.addCallback(lambda plan: self.store.measure_files(plan))
         self._measuring.addBoth(self._measured)
 
-    def _measure_plan(self) -> list[tuple[str, str, bool]]:
+    def _measure_plan(self) -> MeasurePlan:
         plan = []
         unmeasured, records = self._unmeasured, self._uidlist.records
         for message in self.messages:
@@ -446,7 +403,7 @@ class Folder:
                 plan.append((message.base, self.file_path(message), read))
         return plan
 
-    def _measured(self, result: list[tuple[str, str, Measured | None]] | Failure) -> None:
+    def _measured(self, result: MeasureResult | Failure) -> None:
         self._measuring = None
         waiters, self._measure_waiters = self._measure_waiters, []
         if isinstance(result, Failure):
@@ -894,6 +851,7 @@ class MaildirStore:
         hostname: str | None = None,
         quota_bytes: int = 0,
         run_in_thread: Callable[..., defer.Deferred[Any]] | None = None,
+        worker: FileWorker | None = None,
     ) -> None:
         self.root = os.path.abspath(root)
         self.bus = bus if bus is not None else ChangeBus()
@@ -909,10 +867,31 @@ class MaildirStore:
         else:
             self.run_in_thread = run_in_thread
             self.commit = lambda job: run_in_thread(_commit_one, job)
+        # A process that reads files beside the threads (worker.py); None: threads only.
+        self.worker = worker
         self.syncer = DirectorySyncer()
         self._open: dict[str, Folder] = {}
         # Checked addresses and their directories: every delivery asks several times.
         self._user_paths: dict[str, str] = {}
+
+    def measure_files(self, plan: MeasurePlan) -> defer.Deferred[MeasureResult]:
+        """Measure files in a thread; a long plan is split with the file worker, which
+        reads its half at the same time on the other core (worker.py says why)."""
+        if self.worker is None or len(plan) < SPLIT_MEASURING_ABOVE:
+            return self.run_in_thread(measure_files, plan)
+        half = len(plan) // 2
+        theirs = plan[half:]
+        here = self.run_in_thread(measure_files, plan[:half])
+        there = self.worker.call("measure_names", by_directory(theirs))
+        there.addCallback(lambda numbers: from_numbers(theirs, numbers))
+        # Without the worker (it exited, it failed): that half in a thread too.
+        there.addErrback(lambda _: self.run_in_thread(measure_files, theirs))
+        both = defer.gatherResults([here, there], consumeErrors=True)
+        both.addCallbacks(
+            lambda halves: halves[0] + halves[1],
+            lambda failure: failure.value.subFailure,  # FirstError: the half that failed
+        )
+        return both
 
     # Paths -----------------------------------------------------------------------------
     def user_path(self, address: str) -> str:
