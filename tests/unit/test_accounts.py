@@ -128,4 +128,3 @@ class DirectoryTests(unittest.TestCase):
         self.assertIsNone(await self.directory.check_password("alice@example.test", "nope"))
         self.assertIsNone(await self.directory.check_password("carol@example.test", "secret"))
         self.assertIsNone(await self.directory.check_password("../x", "secret"))
-
