@@ -361,10 +361,3 @@ def reset_mailbox(userdir: str, trash: str) -> None:
                     shutil.rmtree(entry.path)
                 else:
                     os.unlink(entry.path)
-    with os.scandir(userdir) as entries:
-        for entry in entries:
-            if entry.name.startswith("dovecot") or entry.name == "mailserver-uidlist":
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
