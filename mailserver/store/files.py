@@ -87,7 +87,8 @@ def measure_names(groups: NamesByDirectory) -> list[Numbers]:
 def by_directory(plan: MeasurePlan) -> NamesByDirectory:
     groups: NamesByDirectory = []
     for _, path, read in plan:
-        directory, name = os.path.split(path)
+        # The paths are os.path.join's (Folder.file_path); rpartition is a third of split.
+        directory, _, name = path.rpartition(os.sep)
         if not groups or groups[-1][0] != directory:
             groups.append((directory, [], []))
         groups[-1][1].append(name)
