@@ -102,7 +102,7 @@ class IMAPFactory(LimitedFactory):
             if isinstance(effect, ReadMessages):
                 return effect.folder.read_many(effect.uids)
             if isinstance(effect, SetFlags):
-                return effect.folder.set_flags_many(effect.changes)
+                return effect.folder.set_flags_many(effect.changes, effect.then)
             if isinstance(effect, MeasureFolder):
                 return effect.folder.measure()
             if isinstance(effect, Pause):

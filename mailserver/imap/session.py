@@ -159,11 +159,13 @@ class ReadMessages(Effect):
 
 @dataclass(frozen=True)
 class SetFlags(Effect):
-    """Give messages these flags (Folder.set_flags_many: the renames run in a thread);
-    the result is the UIDs whose flags changed."""
+    """Give messages these flags (Folder.set_flags_many: the renames run off the
+    reactor), and start renaming those of ``then``, the batch asked for next; the result
+    is the UIDs whose flags changed."""
 
     folder: Folder
     changes: tuple[tuple[int, frozenset[str]], ...]
+    then: tuple[tuple[int, frozenset[str]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1082,31 +1084,31 @@ class IMAPSession:
         reported: list[tuple[int, int]],
         modified: list[int],
     ) -> Job:
-        """Rename the files (in a thread, SetFlags) a batch at a time, and tell the client
-        each batch's new flags while the next one is renamed."""
+        """Rename the files (SetFlags) a batch at a time, and tell the client each
+        batch's new flags while the next one is renamed."""
         assert self.selected is not None and isinstance(c.args, p.Store)
         selected = self.selected
-        for start in range(0, len(reported), STORE_BATCH):
-            batch = reported[start : start + STORE_BATCH]
-            batch_changes = tuple((uid, changes[uid]) for _, uid in batch if uid in changes)
-            if batch_changes:
-                uids = {uid for uid, _ in batch_changes}
-                self._own_flags.update(uids)  # reported below, not as news from others
-                try:
-                    yield SetFlags(selected.folder, batch_changes)
-                finally:
-                    self._own_flags.difference_update(uids)
-                if self.selected is not selected:
-                    return
-            for seq, uid in batch:
-                if not c.args.silent:
-                    self._send(self._fetch_line(seq, uid, self._flag_items(uid, c.uid)))
-                elif uid in changes and self.condstore:
-                    # RFC 7162 §3.1.3: even .SILENT reports the new MODSEQ.
-                    items = [b"MODSEQ (%d)" % self._modseq(uid)]
-                    if c.uid:
-                        items.insert(0, b"UID %d" % uid)
-                    self._send(self._fetch_line(seq, uid, items))
+        batches = [reported[i : i + STORE_BATCH] for i in range(0, len(reported), STORE_BATCH)]
+        planned = [tuple((uid, changes[uid]) for _, uid in b if uid in changes) for b in batches]
+        self._own_flags.update(changes)  # reported below, not as news from others
+        try:
+            for i, batch in enumerate(batches):
+                if planned[i]:
+                    then = planned[i + 1] if i + 1 < len(planned) else ()
+                    yield SetFlags(selected.folder, planned[i], then)
+                    if self.selected is not selected:
+                        return
+                for seq, uid in batch:
+                    if not c.args.silent:
+                        self._send(self._fetch_line(seq, uid, self._flag_items(uid, c.uid)))
+                    elif uid in changes and self.condstore:
+                        # RFC 7162 §3.1.3: even .SILENT reports the new MODSEQ.
+                        items = [b"MODSEQ (%d)" % self._modseq(uid)]
+                        if c.uid:
+                            items.insert(0, b"UID %d" % uid)
+                        self._send(self._fetch_line(seq, uid, items))
+        finally:
+            self._own_flags.difference_update(changes)
         self._updates(allow_expunge=c.uid)
         if modified:
             numbers = _number_set(sorted(modified))

@@ -1,5 +1,5 @@
-"""Reading message files: the blocking part, kept free of Twisted so that the file
-worker process (worker.py) can import it without the rest of the server."""
+"""Reading and renaming message files: the blocking part, kept free of Twisted so that
+the file worker process (worker.py) can import it without the rest of the server."""
 
 from __future__ import annotations
 
@@ -101,3 +101,17 @@ def from_numbers(plan: MeasurePlan, numbers: list[Numbers]) -> MeasureResult:
         (base, path, None if n is None else Measured(*n))
         for (base, path, _), n in zip(plan, numbers, strict=True)
     ]
+
+
+def rename_files(moves: list[tuple[str, str]]) -> list[bool]:
+    """Rename each file; whether it was there to rename (another session may have
+    renamed or expunged it first). Blocks: run in a thread or the file worker."""
+    done = []
+    for old, new in moves:
+        try:
+            os.rename(old, new)
+        except FileNotFoundError:
+            done.append(False)
+        else:
+            done.append(True)
+    return done

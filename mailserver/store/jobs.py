@@ -13,9 +13,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from mailserver.store.files import measure_names
+from mailserver.store.files import measure_names, rename_files
 
-JOBS: dict[str, Callable[..., Any]] = {"measure_names": measure_names}
+JOBS: dict[str, Callable[..., Any]] = {
+    "measure_names": measure_names,
+    "rename_files": rename_files,
+}
 HEADER = struct.Struct("!I")
 
 

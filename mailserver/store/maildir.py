@@ -42,6 +42,7 @@ from mailserver.store.files import (
     from_numbers,
     measure_files,
     read_message_file,
+    rename_files,
 )
 from mailserver.store.worker import FileWorker
 
@@ -90,6 +91,8 @@ UNMEASURED_DATE = 0.0
 
 # Measuring this many files or more is split between a thread and the file worker.
 SPLIT_MEASURING_ABOVE = 2000
+# A batch of this many renames or more runs in the file worker rather than a thread.
+RENAME_IN_WORKER_FROM = 32
 
 # How many checked user directories the store remembers (see user_path).
 MAX_CACHED_PATHS = 10_000
@@ -137,20 +140,6 @@ def _unlink_files(paths: list[str]) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-
-
-def _rename_files(moves: list[tuple[str, str]]) -> list[bool]:
-    """Rename each file; whether it was there to rename (another session may have
-    renamed or expunged it first). Blocks: run in a thread."""
-    done = []
-    for old, new in moves:
-        try:
-            os.rename(old, new)
-        except FileNotFoundError:
-            done.append(False)
-        else:
-            done.append(True)
-    return done
 
 
 def _read_files(plan: list[tuple[int, str, bool]]) -> dict[int, bytes]:
@@ -225,9 +214,9 @@ class Folder:
         self._unmeasured: set[str] = set()
         self._measuring: defer.Deferred[None] | None = None
         self._measure_waiters: list[defer.Deferred[None]] = []
-        # A batch of renames in a thread (set_flags_many): the UIDs it moves, who waits
-        # for it to be applied, and whether a refresh was put off until then.
-        self._moving: set[int] = set()
+        # The batches of renames in flight (set_flags_many) by the UIDs they move, who
+        # waits for them all to be applied, and whether a refresh was put off until then.
+        self._moving: dict[int, _RenameBatch] = {}
         self._moved_waiters = _Waiters()
         self._refresh_wanted = False
         # Expunged messages whose files are being unlinked (a scan must not find them).
@@ -514,14 +503,36 @@ class Folder:
         return record
 
     def set_flags_many(
-        self, changes: Sequence[tuple[int, frozenset[str]]]
+        self,
+        changes: Sequence[tuple[int, frozenset[str]]],
+        then: Sequence[tuple[int, frozenset[str]]] = (),
     ) -> defer.Deferred[list[int]]:
         """Give each message exactly these flags, as set_flags does, with the renames done
-        in a thread: a STORE on 10,000 messages is 10,000 renames, a fifth of a second
-        the reactor would otherwise not serve anyone. Fires with the UIDs whose flags
-        changed, once the index says so too."""
-        if self._moving:  # one batch at a time: each plans from the paths the last left
-            return self.moved().addCallback(lambda _: self.set_flags_many(changes))
+        off the reactor (MaildirStore.rename_files): a STORE on 10,000 messages is 10,000
+        renames, a fifth of a second the reactor would otherwise not serve anyone. Fires
+        with the UIDs whose flags changed, once the index says so too.
+
+        ``then`` is what the caller will ask for next: its renames start now and run
+        while the caller reports these (a STORE asks a batch at a time). A message
+        already in a batch in flight is changed once that batch is applied, as each
+        batch plans from the paths the last one left."""
+        waiting = {id(b): b for uid, _ in changes if (b := self._moving.get(uid)) is not None}
+        if waiting:
+            applied = defer.DeferredList([b.applied.wait(True) for b in waiting.values()])
+            d = applied.addCallback(lambda _: self.set_flags_many(changes))
+        else:
+            d = self._start_renames(changes)
+        if then:
+            ahead = self._start_renames(
+                [(uid, flags) for uid, flags in then if uid not in self._moving]
+            )
+            ahead.addErrback(lambda f: log.failure("renaming in {path}", f, path=self.path))
+        return d
+
+    def _start_renames(
+        self, changes: Sequence[tuple[int, frozenset[str]]]
+    ) -> defer.Deferred[list[int]]:
+        """Send one batch of renames on its way; fires once the index has it."""
         moves = []
         for uid, flags in changes:
             message = self._by_uid.get(uid)
@@ -534,20 +545,27 @@ class Folder:
             moves.append((uid, kept, self.file_path(message), target))
         if not moves:
             return defer.succeed([])
-        self._moving = {uid for uid, _, _, _ in moves}
-        d = self.store.run_in_thread(_rename_files, [(old, new) for _, _, old, new in moves])
-        d.addBoth(self._renamed, moves)
+        batch = _RenameBatch()
+        for uid, _, _, _ in moves:
+            self._moving[uid] = batch
+        d = self.store.rename_files([(old, new) for _, _, old, new in moves])
+        d.addBoth(self._renamed, moves, batch)
         return d
 
     def _renamed(
-        self, done: list[bool] | Failure, moves: list[tuple[int, frozenset[str], str, str]]
+        self,
+        done: list[bool] | Failure,
+        moves: list[tuple[int, frozenset[str], str, str]],
+        batch: _RenameBatch,
     ) -> list[int] | Failure:
         """Bring the index up to date with a batch of renames (set_flags_many)."""
-        self._moving = set()
+        for uid, _, _, _ in moves:
+            del self._moving[uid]
         changed: list[int] = []
         applied: list[int] = []  # changed here, not by set_flags (which announces its own)
         try:
             if isinstance(done, Failure):
+                self._refresh_wanted = True  # a bug struck: see what is there
                 return done
             records = []
             retry = []
@@ -581,12 +599,15 @@ class Folder:
                     changed.append(uid)
             return changed
         finally:
-            refresh, self._refresh_wanted = self._refresh_wanted, False
-            if refresh or isinstance(done, Failure):
-                self.scan()  # someone asked meanwhile (or a bug struck): see what is there
-            else:
-                self._dir_stamp = self._stamp()
-            self._moved_waiters.fire()
+            if not self._moving:  # the last batch in flight: the directories hold still
+                refresh, self._refresh_wanted = self._refresh_wanted, False
+                if refresh:
+                    self.scan()  # someone asked meanwhile: see what is there
+                else:
+                    self._dir_stamp = self._stamp()
+            batch.applied.fire()
+            if not self._moving:
+                self._moved_waiters.fire()
 
     def moved(self) -> defer.Deferred[None]:
         """Fires once no batch of renames is in flight (at once if none is)."""
@@ -805,6 +826,13 @@ class _Waiters:
             waiter.callback(None)
 
 
+class _RenameBatch:
+    """One job of renames in flight: who waits for the index to have it."""
+
+    def __init__(self) -> None:
+        self.applied = _Waiters()
+
+
 @dataclass(frozen=True)
 class _CopyItem:
     message: MessageInfo
@@ -873,6 +901,18 @@ class MaildirStore:
         self._open: dict[str, Folder] = {}
         # Checked addresses and their directories: every delivery asks several times.
         self._user_paths: dict[str, str] = {}
+
+    def rename_files(self, moves: list[tuple[str, str]]) -> defer.Deferred[list[bool]]:
+        """Rename files, a long batch in the file worker: a rename thread beside a busy
+        reactor waits for the interpreter lock after each rename, so a STORE's renames
+        and its replies would take turns instead of running side by side."""
+        if self.worker is None or len(moves) < RENAME_IN_WORKER_FROM:
+            return self.run_in_thread(rename_files, moves)
+        d = self.worker.call("rename_files", moves)
+        # Without the worker: in a thread (what it renamed before failing is then not
+        # found, and set_flags_many looks again, one at a time).
+        d.addErrback(lambda _: self.run_in_thread(rename_files, moves))
+        return d
 
     def measure_files(self, plan: MeasurePlan) -> defer.Deferred[MeasureResult]:
         """Measure files in a thread; a long plan is split with the file worker, which

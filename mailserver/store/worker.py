@@ -14,6 +14,7 @@ gets :class:`WorkerGone` and does the job in a thread; the next call starts a ne
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import os
 import pickle
@@ -34,6 +35,18 @@ log = Logger()
 STOP_SECONDS = 5.0
 
 
+# A pipe holds 64 KiB; a job of 1000 renames is twice that. The reactor writes the rest
+# only when it next polls, so a job sent before a long stretch of work on the reactor
+# would wait for it, half read, instead of running beside it.
+PIPE_BYTES = 1 << 20
+
+
+def _widen(fd: int) -> None:
+    """Let the pipe hold PIPE_BYTES, where Linux allows it (else it keeps its size)."""
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
 class WorkerGone(Exception):
     """The helper process is not running (exited or killed)."""
 
@@ -51,13 +64,15 @@ class FileWorker:
         if self._protocol is not None:
             return
         proto = _WorkerProtocol(self)
-        self.reactor.spawnProcess(
+        process = self.reactor.spawnProcess(
             proto,
             sys.executable,
             [sys.executable, "-m", "mailserver.store.jobs"],
             env=dict(os.environ),
             childFDs={0: "w", 1: "r", 2: 2},
         )
+        for pipe in getattr(process, "pipes", {}).values():
+            _widen(pipe.fileno())
         self._protocol = proto
 
     def stop(self) -> defer.Deferred[None]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import sys
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -12,7 +14,7 @@ from twisted.trial import unittest
 from mailserver.store import maildir
 from mailserver.store.files import by_directory, from_numbers, measure_files
 from mailserver.store.maildir import MaildirStore
-from mailserver.store.worker import FileWorker, WorkerGone
+from mailserver.store.worker import PIPE_BYTES, FileWorker, WorkerGone
 
 
 def _plan(root: str, count: int) -> list[tuple[str, str, bool]]:
@@ -94,3 +96,55 @@ class SplitMeasuringTests(unittest.TestCase):
         store = MaildirStore(self.mktemp(), hostname="h.example", worker=Gone())  # type: ignore[arg-type]
         plan = _plan(self.mktemp(), 10)
         self.assertEqual(await store.measure_files(plan), measure_files(plan))
+
+
+def _moves(root: str, count: int) -> list[tuple[str, str]]:
+    """Files to move from new/ to cur/ with a flag, and one that is not there."""
+    for sub in ("new", "cur"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    moves = []
+    for i in range(count):
+        old = os.path.join(root, "new", f"{i}.M1P1.host")
+        with open(old, "wb") as f:
+            f.write(b"Subject: %d\r\n\r\n" % i)
+        moves.append((old, os.path.join(root, "cur", f"{i}.M1P1.host:2,S")))
+    moves.append((os.path.join(root, "new", "gone"), os.path.join(root, "cur", "gone:2,S")))
+    return moves
+
+
+class RenamingTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.patch(maildir, "RENAME_IN_WORKER_FROM", 2)
+
+    async def test_a_long_batch_is_renamed_in_the_worker(self) -> None:
+        worker = FileWorker(reactor)
+        self.addCleanup(worker.stop)
+        calls: list[Any] = []
+        real_call = worker.call
+        worker.call = lambda *a: calls.append(a[0]) or real_call(*a)  # type: ignore[method-assign]
+        store = MaildirStore(self.mktemp(), hostname="h.example", worker=worker)
+        moves = _moves(self.mktemp(), 3)
+        self.assertEqual(await store.rename_files(moves), [True, True, True, False])
+        self.assertEqual(calls, ["rename_files"])
+        self.assertTrue(all(os.path.exists(new) for _, new in moves[:3]))
+        self.assertFalse(any(os.path.exists(old) for old, _ in moves))
+
+    async def test_without_the_worker_the_batch_is_renamed_in_a_thread(self) -> None:
+        class Gone:
+            def call(self, *args: Any) -> defer.Deferred[Any]:
+                return defer.fail(WorkerGone("exited"))
+
+        store = MaildirStore(self.mktemp(), hostname="h.example", worker=Gone())  # type: ignore[arg-type]
+        moves = _moves(self.mktemp(), 3)
+        self.assertEqual(await store.rename_files(moves), [True, True, True, False])
+        self.assertTrue(all(os.path.exists(new) for _, new in moves[:3]))
+
+    def test_the_pipes_to_the_child_hold_a_whole_job(self) -> None:
+        if not sys.platform.startswith("linux"):
+            raise unittest.SkipTest("F_SETPIPE_SZ is Linux's")
+        worker = FileWorker(reactor)
+        self.addCleanup(worker.stop)
+        worker.start()
+        pipes = worker._protocol.transport.pipes  # type: ignore[union-attr]
+        sizes = {fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) for pipe in pipes.values()}
+        self.assertEqual(sizes, {PIPE_BYTES})

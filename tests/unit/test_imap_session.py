@@ -178,7 +178,7 @@ class Client:
                 self.while_reading()
             return settled(effect.folder.read_many(effect.uids))
         if isinstance(effect, SetFlags):
-            return settled(effect.folder.set_flags_many(effect.changes))
+            return settled(effect.folder.set_flags_many(effect.changes, effect.then))
         if isinstance(effect, Pause):
             return None
         if isinstance(effect, MeasureFolder):
@@ -767,6 +767,30 @@ def test_a_slow_reader_holds_a_long_fetch_back(mail: Mail, monkeypatch: Any) -> 
         b"f OK FETCH completed\r\n",
         b"n OK NOOP completed\r\n",
     ]
+
+
+def test_a_long_store_asks_for_the_next_batch_with_each(
+    mail: Mail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each SetFlags names the batch after it (its renames run while this one is
+    reported); messages whose flags do not change are reported but not renamed."""
+    monkeypatch.setattr(imap_session, "STORE_BATCH", 2)
+    for i in range(5):
+        mail.add(b"Subject: %d\r\n\r\nbody\r\n" % i, "F" if i == 2 else "")
+    client = selected(mail)
+    assert (
+        client.send(b"s STORE 1:5 +FLAGS (\\Flagged)\r\n")
+        == b"".join(b"* %d FETCH (FLAGS (\\Flagged))\r\n" % i for i in range(1, 6))
+        + b"s OK STORE completed\r\n"
+    )
+    flagged = frozenset({"\\Flagged"})
+    asked = [(e.changes, e.then) for e in client.effects if isinstance(e, SetFlags)]
+    assert asked == [
+        (((1, flagged), (2, flagged)), ((4, flagged),)),
+        (((4, flagged),), ((5, flagged),)),
+        (((5, flagged),), ()),
+    ]
+    assert fetch(selected(mail), b"1:5 FLAGS").count(b"\\Flagged") == 5
 
 
 def test_store_variants(mail3: Mail) -> None:

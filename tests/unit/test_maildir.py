@@ -331,6 +331,81 @@ class MeasuringTests(unittest.TestCase):
         self.assertFalse(again.folder(ALICE).unmeasured)
 
 
+class PipelinedFlagTests(unittest.TestCase):
+    """set_flags_many(changes, then): the next batch is renamed while this one is
+    reported, and whatever else touches a message in flight waits for its batch."""
+
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        delivering = MaildirStore(self.root, hostname="host", run_in_thread=Meanwhile())
+        for i in range(4):
+            self.successResultOf(delivering.deliver(ALICE, [MESSAGE + b"%d\r\n" % i]))
+        self.jobs: list[tuple[defer.Deferred[object], object, tuple[object, ...]]] = []
+        self.store = MaildirStore(self.root, hostname="host", run_in_thread=self.later)
+        self.folder = self.store.folder(ALICE)
+        self.uids = [m.uid for m in self.folder.messages]
+
+    def later(self, function: object, *args: object) -> defer.Deferred[object]:
+        d: defer.Deferred[object] = defer.Deferred()
+        self.jobs.append((d, function, args))
+        return d
+
+    def run_job(self) -> None:
+        d, function, args = self.jobs.pop(0)
+        d.callback(function(*args))  # type: ignore[operator]
+
+    def flags(self, uid: int) -> frozenset[str]:
+        message = self.folder.by_uid(uid)
+        assert message is not None
+        return message.flags
+
+    def test_the_next_batch_is_renamed_while_this_one_is_reported(self) -> None:
+        flagged = frozenset({"\\Flagged"})
+        first = [(uid, flagged) for uid in self.uids[:2]]
+        second = [(uid, flagged) for uid in self.uids[2:]]
+        d = self.folder.set_flags_many(first, then=second)
+        self.assertEqual(len(self.jobs), 2)  # both batches on their way at once
+        self.run_job()
+        self.assertEqual(self.successResultOf(d), self.uids[:2])
+        self.assertEqual([self.flags(uid) for uid in self.uids], [flagged] * 2 + [set()] * 2)
+        # Asked for next: it is in flight already, so this waits for it, renaming nothing.
+        d = self.folder.set_flags_many(second)
+        self.assertNoResult(d)
+        self.assertEqual(len(self.jobs), 1)
+        self.run_job()
+        self.assertEqual(self.successResultOf(d), [])
+        self.assertEqual([self.flags(uid) for uid in self.uids], [flagged] * 4)
+        names = os.listdir(os.path.join(self.folder.path, "cur"))
+        self.assertEqual(sorted(n.rsplit(":2,", 1)[1] for n in names), ["F"] * 4)
+
+    def test_a_change_to_a_message_in_flight_waits_for_it_and_is_last(self) -> None:
+        uid = self.uids[0]
+        self.folder.set_flags_many([(uid, frozenset({"\\Flagged"}))])
+        later = self.folder.set_flags_many([(uid, frozenset({"\\Seen"}))])
+        self.assertEqual(len(self.jobs), 1)  # planned only once the first is applied
+        self.run_job()
+        self.assertNoResult(later)
+        self.run_job()
+        self.assertEqual(self.successResultOf(later), [uid])
+        self.assertEqual(self.flags(uid), {"\\Seen"})
+        again = MaildirStore(self.root, hostname="host").folder(ALICE)
+        self.assertEqual(again.by_uid(uid).flags, {"\\Seen"})  # type: ignore[union-attr]
+
+    def test_a_refresh_waits_for_the_last_batch_in_flight(self) -> None:
+        seen = frozenset({"\\Seen"})
+        self.folder.set_flags_many([(self.uids[0], seen)], then=[(self.uids[1], seen)])
+        with open(os.path.join(self.folder.path, "new", "1.foreign.host"), "wb") as f:
+            f.write(b"Subject: from elsewhere\r\n\r\n")
+        self.folder.refresh()
+        self.run_job()
+        self.assertEqual(len(self.folder.messages), 4)  # one batch still in flight
+        moved = self.folder.moved()
+        self.assertNoResult(moved)
+        self.run_job()
+        self.successResultOf(moved)
+        self.assertEqual(len(self.folder.messages), 5)
+
+
 class Meanwhile:
     """A run_in_thread that runs the job at once, and around it what other sessions do
     while a real thread would run it (``before`` the job, ``after`` it but before the
