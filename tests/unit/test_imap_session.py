@@ -774,23 +774,26 @@ def test_a_long_store_asks_for_the_next_batch_with_each(
 ) -> None:
     """Each SetFlags names the batch after it (its renames run while this one is
     reported); messages whose flags do not change are reported but not renamed."""
+    monkeypatch.setattr(imap_session, "STORE_FIRST_BATCH", 1)
     monkeypatch.setattr(imap_session, "STORE_BATCH", 2)
-    for i in range(5):
+    for i in range(6):
         mail.add(b"Subject: %d\r\n\r\nbody\r\n" % i, "F" if i == 2 else "")
     client = selected(mail)
     assert (
-        client.send(b"s STORE 1:5 +FLAGS (\\Flagged)\r\n")
-        == b"".join(b"* %d FETCH (FLAGS (\\Flagged))\r\n" % i for i in range(1, 6))
+        client.send(b"s STORE 1:6 +FLAGS (\\Flagged)\r\n")
+        == b"".join(b"* %d FETCH (FLAGS (\\Flagged))\r\n" % i for i in range(1, 7))
         + b"s OK STORE completed\r\n"
     )
     flagged = frozenset({"\\Flagged"})
     asked = [(e.changes, e.then) for e in client.effects if isinstance(e, SetFlags)]
+    # Batches of 1, 2, 2 and 1 (3 is flagged already).
     assert asked == [
-        (((1, flagged), (2, flagged)), ((4, flagged),)),
-        (((4, flagged),), ((5, flagged),)),
-        (((5, flagged),), ()),
+        (((1, flagged),), ((2, flagged),)),
+        (((2, flagged),), ((4, flagged), (5, flagged))),
+        (((4, flagged), (5, flagged)), ((6, flagged),)),
+        (((6, flagged),), ()),
     ]
-    assert fetch(selected(mail), b"1:5 FLAGS").count(b"\\Flagged") == 5
+    assert fetch(selected(mail), b"1:6 FLAGS").count(b"\\Flagged") == 6
 
 
 def test_store_variants(mail3: Mail) -> None:
