@@ -17,6 +17,7 @@ from mailserver.imap.session import (
     MeasureFolder,
     Pause,
     ReadMessages,
+    ScreenMessages,
     SetFlags,
     UserSessions,
 )
@@ -101,6 +102,8 @@ class IMAPFactory(LimitedFactory):
         def run(effect: Effect) -> Any:
             if isinstance(effect, ReadMessages):
                 return effect.folder.read_many(effect.uids)
+            if isinstance(effect, ScreenMessages):
+                return effect.folder.screen(effect.uids, effect.rule)
             if isinstance(effect, SetFlags):
                 return effect.folder.set_flags_many(effect.changes, effect.then)
             if isinstance(effect, MeasureFolder):

@@ -19,6 +19,7 @@ from functools import cached_property
 
 from mailserver.imap import parser as p
 from mailserver.imap.fetch import MessageParts
+from mailserver.store.files import Rule, ruled_out
 from mailserver.store.maildir import MessageInfo
 
 # RFC 3501 §6.4.4 / RFC 6855: the charsets we can search in.
@@ -56,6 +57,11 @@ class Key:
 
     def match(self, m: Candidate, parts: MessageParts | None) -> bool | None:
         raise NotImplementedError
+
+    def rule(self) -> Rule | None:
+        """What rules a message out from its raw header bytes (files.ruled_out): only
+        messages for which match() would say False; None if nothing does."""
+        return None
 
 
 class All(Key):
@@ -140,18 +146,18 @@ class Header(Key):
             return text.encode("ascii")
         return None
 
+    def rule(self) -> Rule | None:
+        needle = self._ascii_word
+        return None if needle is None else ("word", needle)
+
     def match(self, m: Candidate, parts: MessageParts | None) -> bool | None:
         if parts is None:
             return None
         needle = self._ascii_word
-        if needle is not None:
-            # Most messages do not have the word anywhere in their header: tell them from
-            # the raw bytes without splitting the fields. Only for an ASCII header without
-            # encoded words, where the decoded, case-folded values are the bytes lowered,
-            # and a word without spaces, which no folding can split.
-            header = parts.header
-            if header.isascii() and b"=?" not in header and needle not in header.lower():
-                return False
+        # Most messages do not have the word anywhere in their header: tell them from the
+        # raw bytes without splitting the fields.
+        if needle is not None and ruled_out(parts.header, ("word", needle)):
+            return False
         wanted = self.field.upper()
         for f in parts.fields:
             if f.name is not None and f.name.upper() == wanted:
@@ -230,6 +236,10 @@ class Or(Key):
             unknown = unknown or result is None
         return None if unknown else False
 
+    def rule(self) -> Rule | None:
+        rules = tuple(key.rule() for key in self.keys)
+        return None if None in rules else ("or", rules)  # type: ignore[return-value]
+
 
 @dataclass(frozen=True)
 class And(Key):
@@ -247,6 +257,10 @@ class And(Key):
                 return False
             unknown = unknown or result is None
         return None if unknown else True
+
+    def rule(self) -> Rule | None:
+        rules = tuple(r for key in self.keys if (r := key.rule()) is not None)
+        return ("and", rules) if rules else None
 
 
 @dataclass(frozen=True)

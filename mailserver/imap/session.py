@@ -38,6 +38,7 @@ from mailserver.imap.utf7 import UTF7Error, decode_mailbox
 from mailserver.names import BadName, check_folder_name
 from mailserver.session import Action, Authenticate, Close, Effect, Send, StartTLS
 from mailserver.store.bus import Appended, Change, Expunged, FlagsChanged
+from mailserver.store.files import Rule
 from mailserver.store.maildir import (
     Folder,
     FolderExists,
@@ -68,6 +69,8 @@ STORE_FIRST_BATCH = 64
 FLAG_LISTS_KEPT = 256  # flag sets whose FETCH form a session keeps (_flags)
 # How many messages a SEARCH matches against the index alone between two pauses.
 SEARCH_BATCH = 4096
+# From how many messages to read a SEARCH screens their headers first (ScreenMessages).
+SCREEN_FROM = 64
 # RFC 5161 §3.1: the extensions ENABLE can turn on.
 ENABLEABLE = ("CONDSTORE",)
 
@@ -156,6 +159,16 @@ class ReadMessages(Effect):
 
     folder: Folder
     uids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ScreenMessages(Effect):
+    """Rule messages out of a search from their raw headers (Folder.screen); the result
+    is the set of UIDs that may still match."""
+
+    folder: Folder
+    uids: tuple[int, ...]
+    rule: Rule
 
 
 @dataclass(frozen=True)
@@ -1300,7 +1313,8 @@ class IMAPSession:
 
     def _search(self, c: p.Command, program: search.Program) -> Job:
         """Match against the index first; read (in a thread, a batch at a time) only the
-        messages the index cannot decide, and pause now and then for other sessions."""
+        messages the index cannot decide and their headers do not rule out, and pause now
+        and then for other sessions."""
         assert self.selected is not None
         selected = self.selected
         folder = selected.folder
@@ -1319,14 +1333,16 @@ class IMAPSession:
                 undecided.append((seq, uid))
             elif result:
                 found.append((seq, message.modseq))
-            if len(undecided) == FETCH_BATCH or seq % SEARCH_BATCH == 0:
-                if undecided:
-                    found += yield from self._search_files(key, undecided, last_seq, last_uid)
-                    undecided = []
-                else:
-                    yield Pause()
+            if seq % SEARCH_BATCH == 0:
+                yield Pause()
                 if self.selected is not selected:
                     return
+        rule = key.rule()
+        if rule is not None and len(undecided) >= SCREEN_FROM:
+            kept = yield ScreenMessages(folder, tuple(uid for _, uid in undecided), rule)
+            if self.selected is not selected:
+                return
+            undecided = [(seq, uid) for seq, uid in undecided if uid in kept]
         if undecided:
             found += yield from self._search_files(key, undecided, last_seq, last_uid)
             if self.selected is not selected:

@@ -1,5 +1,5 @@
-"""Reading and renaming message files: the blocking part, kept free of Twisted so that
-the file worker process (worker.py) can import it without the rest of the server."""
+"""Reading, screening and renaming message files: the blocking part, kept free of Twisted
+so that the file worker process (worker.py) can import it without the rest of the server."""
 
 from __future__ import annotations
 
@@ -115,3 +115,60 @@ def rename_files(moves: list[tuple[str, str]]) -> list[bool]:
         else:
             done.append(True)
     return done
+
+
+# Screening (SEARCH): a rule that rules a message out from the raw bytes of its header,
+# without parsing it. ("word", w): the header has no w, in any case, where that is safe
+# to tell from the bytes; ("and", rules): one of the rules rules it out; ("or", rules):
+# all of them do. A message not ruled out may still not match: the search then parses it.
+Rule = tuple[str, bytes] | tuple[str, tuple["Rule", ...]]
+# How much of a file screening reads: a header that does not end within it is not ruled
+# out by anything.
+SCREEN_BYTES = 64 * 1024
+
+
+def ruled_out(header: bytes, rule: Rule) -> bool:
+    """Whether the rule rules out a message with this header (or more than its header).
+
+    A word is ruled out only for an ASCII header without encoded words, where the
+    decoded, case-folded field values are the bytes lowered, and only a word without
+    spaces is asked for, which no folding can split."""
+    kind, arg = rule
+    if kind == "word":
+        return header.isascii() and b"=?" not in header and arg not in header.lower()  # type: ignore[operator]
+    if kind == "and":
+        return any(ruled_out(header, r) for r in arg)  # type: ignore[union-attr]
+    return all(ruled_out(header, r) for r in arg)  # type: ignore[union-attr]
+
+
+def screen_file(path: str, crlf: bool, rule: Rule) -> bool:
+    """Whether the message in this file may match (True also when it is gone: the
+    search then finds it renamed, or expunged). ``crlf`` as for read_message_file: the
+    header ends where it will end once served. Blocks: run in a thread or the worker."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        data = os.read(fd, SCREEN_BYTES)
+    finally:
+        os.close(fd)
+    if crlf:  # served as it is: the header ends at the first CRLF CRLF
+        if data.startswith(b"\r\n"):
+            return not ruled_out(b"", rule)
+        ends = [data.find(b"\r\n\r\n")]
+    else:  # every line end becomes CRLF: a blank line is LF LF or LF CRLF here
+        if data.startswith((b"\n", b"\r\n")):
+            return not ruled_out(b"", rule)
+        ends = [data.find(b"\n\n"), data.find(b"\n\r\n")]
+    ends = [i for i in ends if i >= 0]
+    if not ends:
+        if len(data) == SCREEN_BYTES:
+            return True  # a header longer than what was read
+        return not ruled_out(data, rule)
+    return not ruled_out(data[: min(ends) + 1], rule)
+
+
+def screen_files(plan: list[tuple[str, bool]], rule: Rule) -> list[bool]:
+    """screen_file for each (path, crlf)."""
+    return [screen_file(path, crlf, rule) for path, crlf in plan]

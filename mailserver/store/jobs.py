@@ -13,11 +13,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from mailserver.store.files import measure_names, rename_files
+from mailserver.store.files import measure_names, rename_files, screen_files
 
 JOBS: dict[str, Callable[..., Any]] = {
     "measure_names": measure_names,
     "rename_files": rename_files,
+    "screen_files": screen_files,
 }
 HEADER = struct.Struct("!I")
 

@@ -22,7 +22,8 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -38,11 +39,13 @@ from mailserver.store.files import (
     Measured,
     MeasurePlan,
     MeasureResult,
+    Rule,
     by_directory,
     from_numbers,
     measure_files,
     read_message_file,
     rename_files,
+    screen_files,
 )
 from mailserver.store.worker import FileWorker
 
@@ -91,6 +94,8 @@ UNMEASURED_DATE = 0.0
 
 # Measuring this many files or more is split between a thread and the file worker.
 SPLIT_MEASURING_ABOVE = 2000
+# Screening this many files or more for a search is split the same way.
+SPLIT_SCREENING_ABOVE = 1000
 # A batch of this many renames or more runs in the file worker rather than a thread.
 RENAME_IN_WORKER_FROM = 32
 
@@ -98,6 +103,8 @@ RENAME_IN_WORKER_FROM = 32
 MAX_CACHED_PATHS = 10_000
 
 log = Logger()
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 def unique_base(hostname: str) -> str:
@@ -732,6 +739,16 @@ class Folder:
         d.addCallback(self._read_renamed, plan)
         return d
 
+    def screen(self, uids: Sequence[int], rule: Rule) -> defer.Deferred[set[int]]:
+        """The UIDs of these messages that the rule does not rule out from their raw
+        headers (files.ruled_out): a SEARCH then reads and parses only those. A message
+        renamed or expunged meanwhile is not ruled out; the search looks again."""
+        listed = [uid for uid in uids if uid in self._by_uid]
+        plan = [(self.file_path(m), m.crlf) for uid in listed if (m := self._by_uid[uid])]
+        d = self.store.screen_files(plan, rule)
+        d.addCallback(lambda kept: {uid for uid, keep in zip(listed, kept, strict=True) if keep})
+        return d
+
     def _read_renamed(
         self, found: dict[int, bytes], plan: list[tuple[int, str, bool]]
     ) -> dict[int, bytes] | defer.Deferred[dict[int, bytes]]:
@@ -919,13 +936,40 @@ class MaildirStore:
         reads its half at the same time on the other core (worker.py says why)."""
         if self.worker is None or len(plan) < SPLIT_MEASURING_ABOVE:
             return self.run_in_thread(measure_files, plan)
-        half = len(plan) // 2
-        theirs = plan[half:]
-        here = self.run_in_thread(measure_files, plan[:half])
-        there = self.worker.call("measure_names", by_directory(theirs))
-        there.addCallback(lambda numbers: from_numbers(theirs, numbers))
-        # Without the worker (it exited, it failed): that half in a thread too.
-        there.addErrback(lambda _: self.run_in_thread(measure_files, theirs))
+        worker = self.worker
+
+        def in_worker(part: MeasurePlan) -> defer.Deferred[MeasureResult]:
+            d = worker.call("measure_names", by_directory(part))
+            return d.addCallback(lambda numbers: from_numbers(part, numbers))
+
+        return self._halves(plan, partial(self.run_in_thread, measure_files), in_worker)
+
+    def screen_files(self, plan: list[tuple[str, bool]], rule: Rule) -> defer.Deferred[list[bool]]:
+        """Which of these message files (path, crlf) may match a search
+        (files.screen_file); a long list is split with the file worker, as
+        measure_files does."""
+        if self.worker is None or len(plan) < SPLIT_SCREENING_ABOVE:
+            return self.run_in_thread(screen_files, plan, rule)
+        worker = self.worker
+        return self._halves(
+            plan,
+            lambda part: self.run_in_thread(screen_files, part, rule),
+            lambda part: worker.call("screen_files", part, rule),
+        )
+
+    def _halves(
+        self,
+        items: list[_Item],
+        in_thread: Callable[[list[_Item]], defer.Deferred[list[_Result]]],
+        in_worker: Callable[[list[_Item]], defer.Deferred[list[_Result]]],
+    ) -> defer.Deferred[list[_Result]]:
+        """The first half of the items in a thread, the second in the file worker, at
+        the same time; its half in a thread too when the worker cannot (it exited)."""
+        half = len(items) // 2
+        theirs = items[half:]
+        here = in_thread(items[:half])
+        there = in_worker(theirs)
+        there.addErrback(lambda _: in_thread(theirs))
         both = defer.gatherResults([here, there], consumeErrors=True)
         both.addCallbacks(
             lambda halves: halves[0] + halves[1],

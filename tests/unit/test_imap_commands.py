@@ -13,8 +13,15 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from mailserver.imap import session as imap_session
 from mailserver.imap.protocol import KEEPALIVE_INTERVAL, IMAPFactory
-from mailserver.imap.session import IMAPLimits, MeasureFolder, ReadMessages, UserSessions
+from mailserver.imap.session import (
+    IMAPLimits,
+    MeasureFolder,
+    ReadMessages,
+    ScreenMessages,
+    UserSessions,
+)
 from mailserver.store import uidlist
 from mailserver.store.maildir import MaildirStore
 from tests.unit.test_imap_session import (
@@ -367,7 +374,12 @@ def searchable(mail: Mail) -> Client:
         (b"TEXT {6+}\r\nSCH\xc3\x96N", b"2"),
     ],
 )
-def test_search_keys(searchable: Client, keys: bytes, found: bytes) -> None:
+@pytest.mark.parametrize("screen", [False, True])
+def test_search_keys(
+    searchable: Client, monkeypatch: pytest.MonkeyPatch, keys: bytes, found: bytes, screen: bool
+) -> None:
+    if screen:  # the headers ruled out first, as for a large folder (ScreenMessages)
+        monkeypatch.setattr(imap_session, "SCREEN_FROM", 1)
     out = searchable.send(b"s SEARCH CHARSET UTF-8 " + keys + b"\r\n")
     out = out.replace(b"+ Ready for literal data\r\n", b"")
     assert out == b"* SEARCH" + (b" " + found if found else b"") + b"\r\ns OK SEARCH completed\r\n"
@@ -378,6 +390,24 @@ def test_search_reads_only_undecided_messages(searchable: Client) -> None:
     searchable.send(b"s SEARCH FLAGGED BODY salad\r\n")
     reads = [e for e in searchable.effects if isinstance(e, ReadMessages)]
     assert len(reads) == 1  # only message 2 is flagged: only it is read
+
+
+def test_search_reads_only_messages_their_headers_do_not_rule_out(
+    searchable: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(imap_session, "SCREEN_FROM", 1)
+    searchable.effects.clear()
+    out = searchable.send(b"s SEARCH OR SUBJECT lunch FROM nobody\r\n")
+    assert out == b"* SEARCH 3\r\ns OK SEARCH completed\r\n"
+    (screen,) = [e for e in searchable.effects if isinstance(e, ScreenMessages)]
+    assert screen.uids == (1, 2, 3)
+    # Message 2's header has encoded words: it is not ruled out from the bytes.
+    reads = [e.uids for e in searchable.effects if isinstance(e, ReadMessages)]
+    assert reads == [(2, 3)]
+    # BODY has no rule: nothing to screen with.
+    searchable.effects.clear()
+    searchable.send(b"s SEARCH BODY salad\r\n")
+    assert not [e for e in searchable.effects if isinstance(e, ScreenMessages)]
 
 
 def test_search_literal_charset_and_uid(searchable: Client) -> None:
@@ -602,10 +632,20 @@ def test_status_size_measures_flags_do_not(mail: Mail) -> None:
         (b"Subject: two\r\n words\r\n", b'SUBJECT "two words"', True),
     ],
 )
+@pytest.mark.parametrize("screen", [False, True])
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"])
 def test_header_search_shortcut_agrees_with_the_field_parse(
-    mail: Mail, header: bytes, keys: bytes, found: bool
+    mail: Mail,
+    monkeypatch: pytest.MonkeyPatch,
+    header: bytes,
+    keys: bytes,
+    found: bool,
+    screen: bool,
+    eol: bytes,
 ) -> None:
-    mail.add(header + b"\r\nbody\r\n")
+    if screen:
+        monkeypatch.setattr(imap_session, "SCREEN_FROM", 1)
+    mail.add((header + b"\r\nbody\r\n").replace(b"\r\n", eol))
     client = selected(mail)
     out = client.send(b"s SEARCH " + keys + b"\r\n")
     assert out == (b"* SEARCH 1" if found else b"* SEARCH") + b"\r\ns OK SEARCH completed\r\n"

@@ -34,6 +34,7 @@ from mailserver.imap.session import (
     MeasureFolder,
     Pause,
     ReadMessages,
+    ScreenMessages,
     SetFlags,
     UserSessions,
 )
@@ -110,7 +111,8 @@ class Mail:
     def add(self, data: bytes, info: str | None = None) -> int:
         """Write a message file into INBOX (new/, or cur/ with flags ``info``); its UID."""
         self._n += 1
-        base = f"{DATE + self._n}.M{self._n}P1.test,S={len(data)},W={len(data)}"
+        served = len(data) + data.count(b"\n") - data.count(b"\r\n")  # bare LFs as CRLF
+        base = f"{DATE + self._n}.M{self._n}P1.test,S={len(data)},W={served}"
         if info is None:
             path = os.path.join(self.inbox_path, "new", base)
         else:
@@ -179,6 +181,8 @@ class Client:
             return settled(effect.folder.read_many(effect.uids))
         if isinstance(effect, SetFlags):
             return settled(effect.folder.set_flags_many(effect.changes, effect.then))
+        if isinstance(effect, ScreenMessages):
+            return settled(effect.folder.screen(effect.uids, effect.rule))
         if isinstance(effect, Pause):
             return None
         if isinstance(effect, MeasureFolder):
