@@ -3,6 +3,9 @@
 IMAP sessions subscribe to the folder they have selected, so a delivery over SMTP, a flag
 change by another session or an expunge by POP3 reaches them at once. Callbacks run on
 the reactor thread, synchronously, in subscription order.
+
+The changes are not frozen dataclasses, which take three times as long to build (a
+STORE on 10,000 messages announces 10,000): listeners must not change them.
 """
 
 from __future__ import annotations
@@ -12,20 +15,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Appended:
     folder: str
     uid: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class FlagsChanged:
     folder: str
     uid: int
     flags: frozenset[str]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Expunged:
     folder: str
     uid: int

@@ -57,6 +57,7 @@ SYSTEM_FLAG_LETTERS = {
     "\\Deleted": "T",
 }
 LETTER_FLAGS = {v: k for k, v in SYSTEM_FLAG_LETTERS.items()}
+SYSTEM_FLAGS = frozenset(SYSTEM_FLAG_LETTERS)  # issubset() of a dict makes a set each call
 KEYWORDS_FILE = "dovecot-keywords"
 MAX_KEYWORDS = 26  # Maildir keeps keywords as the letters a-z
 DEFAULT_FOLDERS = ("Drafts", "Sent", "Trash", "Junk", "Archive")
@@ -622,7 +623,7 @@ class Folder:
 
     def _kept_flags(self, flags: Iterable[str]) -> frozenset[str]:
         """The flags a file can carry: system flags and keywords with a letter."""
-        if isinstance(flags, frozenset) and flags.issubset(SYSTEM_FLAG_LETTERS):
+        if isinstance(flags, frozenset) and flags <= SYSTEM_FLAGS:
             return flags  # the common case, without building a new set
         return frozenset(
             f
