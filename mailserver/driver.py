@@ -201,12 +201,19 @@ class SessionProtocol(Protocol, TimeoutMixin):
         write_now(self.transport, data)
 
     def _run(self, effect: Effect) -> None:
-        """Run an effect. A result that is there at once (a message read ahead, a lookup
-        in memory) resumes the session here, and the pump's loop goes on: resuming from
-        the callback would nest one pump in another for each such effect in a row, and
-        a long FETCH would run out of stack."""
+        """Run an effect. A result that is there at once (a plain value, or a Deferred
+        that has fired: a message read ahead, a lookup in memory) resumes the session
+        here, and the pump's loop goes on: resuming from the callback would nest one
+        pump in another for each such effect in a row, and a long FETCH would run out
+        of stack."""
         self._pending = True
-        d = defer.maybeDeferred(self.run_effect, effect)
+        try:
+            result = self.run_effect(effect)
+        except Exception:
+            result = Failure()
+        if not isinstance(result, defer.Deferred):
+            self._resume(result)
+            return
         at_once: list[Any] = []
         waiting = False
 
@@ -216,7 +223,7 @@ class SessionProtocol(Protocol, TimeoutMixin):
             else:
                 at_once.append(result)
 
-        d.addBoth(done)
+        result.addBoth(done)
         if at_once:
             self._resume(at_once[0])
         else:

@@ -33,6 +33,10 @@ class ReadAhead:
         self.max_bytes = max_bytes
         self._batch: dict[tuple[Folder, int], bytes] = {}
 
+    def take(self, folder: Folder, uid: int) -> bytes | None:
+        """The message's bytes if they were read ahead (they are then forgotten)."""
+        return self._batch.pop((folder, uid), None)
+
     def read(self, folder: Folder, uid: int, upcoming: Sequence[int] = ()) -> defer.Deferred[bytes]:
         """The message's bytes (CRLF line ends); ``upcoming`` are the UIDs the caller will
         ask for next, in order, which a miss reads in the same thread job."""

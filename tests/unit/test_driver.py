@@ -145,6 +145,29 @@ def test_effects_answered_at_once_do_not_nest() -> None:
     assert transport.connected
 
 
+def test_an_effect_that_raises_or_has_fired_resumes_the_session_at_once() -> None:
+    """The effect runner may return a value, a Deferred (fired or not), or raise: an
+    exception is a failed effect, as an errback would be."""
+
+    def run(effect: object) -> object:
+        if isinstance(effect, CheckSender):
+            return defer.succeed(Reply(250, "2.1.0", "OK"))
+        raise OSError("directory unavailable")
+
+    session = SMTPSession("mx.test", "127.0.0.1", "s1", SMTPLimits(), "postmaster@example.test")
+    proto = SessionProtocol(session, run, None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    transport.clear()
+    proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<a@example.test>\r\nNOOP\r\n")
+    assert transport.value().split(b"\r\n")[-4:] == [
+        b"250 2.1.0 OK",
+        b"451 4.3.0 Local error in processing, try again later",
+        b"250 2.0.0 OK",
+        b"",
+    ]
+
+
 class _TCPTransport(StringTransport):
     no_delay: bool | None = None
 
