@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from mailserver.store import maildir
-from mailserver.store.files import by_directory, from_numbers, measure_files
+from mailserver.store.files import by_directory, from_numbers, measure_files, rename_files
 from mailserver.store.maildir import MaildirStore
 from mailserver.store.worker import PIPE_BYTES, FileWorker, WorkerGone
 
@@ -115,6 +115,15 @@ def _moves(root: str, count: int) -> list[tuple[str, str]]:
 class RenamingTests(unittest.TestCase):
     def setUp(self) -> None:
         self.patch(maildir, "RENAME_IN_WORKER_FROM", 2)
+
+    def test_renames_in_and_across_directories_and_from_gone_ones(self) -> None:
+        root = self.mktemp()
+        moves = _moves(root, 2)
+        cur = os.path.join(root, "cur")
+        moves.append((moves[0][1], os.path.join(cur, "0.M1P1.host:2,FS")))  # within cur/
+        moves.append((os.path.join(root, "gone", "x"), os.path.join(cur, "x")))
+        self.assertEqual(rename_files(moves), [True, True, False, True, False])
+        self.assertEqual(sorted(os.listdir(cur)), ["0.M1P1.host:2,FS", "1.M1P1.host:2,S"])
 
     async def test_a_long_batch_is_renamed_in_the_worker(self) -> None:
         worker = FileWorker(reactor)
