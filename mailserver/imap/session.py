@@ -67,6 +67,8 @@ READ_BATCH_BYTES = 1 << 20
 STORE_BATCH = 1024
 STORE_FIRST_BATCH = 64
 FLAG_LISTS_KEPT = 256  # flag sets whose FETCH form a session keeps (_flags)
+# Up to how many bytes of responses in a row next_action joins into one Send.
+SEND_JOIN_BYTES = 64 * 1024
 # How many messages a SEARCH matches against the index alone between two pauses.
 SEARCH_BATCH = 4096
 # From how many messages to read a SEARCH screens their headers first (ScreenMessages).
@@ -253,7 +255,8 @@ class IMAPSession:
         self.user: str | None = None
         self.selected: _Selected | None = None
         self._in = bytearray()
-        self._out: deque[Action] = deque()
+        # What to do next: bytes to send (joined in next_action) and other actions.
+        self._out: deque[Action | bytes] = deque()
         self._job: Job | None = None
         self._job_tag = "*"
         self._job_input: Any = None
@@ -298,9 +301,23 @@ class IMAPSession:
                 self._advance_job()
             elif not self._step():
                 break
-        if self._out:
-            return self._out.popleft()
-        return None
+        out = self._out
+        if not out:
+            return None
+        first = out.popleft()
+        if not isinstance(first, bytes):
+            return first
+        # The responses said in a row go out as one Send: a FETCH or STORE of 10,000
+        # messages is 10,000 lines, and the driver's pump costs more per action than
+        # joining them does.
+        if not out or not isinstance(out[0], bytes):
+            return Send(first)
+        parts, size = [first], len(first)
+        while out and isinstance(out[0], bytes) and size < SEND_JOIN_BYTES:
+            data = out.popleft()
+            parts.append(data)  # type: ignore[arg-type]
+            size += len(data)
+        return Send(b"".join(parts))  # type: ignore[arg-type]
 
     def resume(self, result: Any) -> None:
         self._waiting = False
@@ -329,7 +346,7 @@ class IMAPSession:
 
     # Output helpers ------------------------------------------------------------------
     def _send(self, data: bytes) -> None:
-        self._out.append(Send(data))
+        self._out.append(data)
 
     def _tagged(self, tag: str, status: str, text: str) -> None:
         self._send(f"{tag} {status} {text}\r\n".encode())

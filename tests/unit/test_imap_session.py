@@ -752,8 +752,10 @@ class SmallBufferTransport(StringTransport):
 def test_a_slow_reader_holds_a_long_fetch_back(mail: Mail, monkeypatch: Any) -> None:
     """Memory stays bounded: while the transport cannot take more, the FETCH produces no
     further responses (mailserver.driver is the transport's producer). The driver writes
-    after each response here, not once it has collected WRITE_ABOVE bytes."""
+    after each response here, not once it has collected WRITE_ABOVE bytes, and the
+    session does not join responses into one Send."""
     monkeypatch.setattr(driver, "WRITE_ABOVE", 1)
+    monkeypatch.setattr(imap_session, "SEND_JOIN_BYTES", 1)
     for i in range(3):
         mail.add(b"Subject: %d\r\n\r\nbody\r\n" % i)
     client = selected(mail)
@@ -798,6 +800,27 @@ def test_a_long_store_asks_for_the_next_batch_with_each(
         (((6, flagged),), ()),
     ]
     assert fetch(selected(mail), b"1:6 FLAGS").count(b"\\Flagged") == 6
+
+
+def test_responses_in_a_row_go_out_as_one_send(
+    mail3: Mail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = selected(mail3)
+    fetch(client, b"1:3 RFC822.SIZE")  # measured: the next FETCH needs no effect
+    client.session.receive_data(b"f FETCH 1:3 (FLAGS RFC822.SIZE)\r\n")
+    actions = []
+    while (action := client.session.next_action()) is not None:
+        actions.append(action)
+    assert [type(a) for a in actions] == [Send]
+    assert actions[0].data.count(b"FETCH (FLAGS") == 3  # type: ignore[attr-defined]
+    assert actions[0].data.endswith(b"f OK FETCH completed\r\n")  # type: ignore[attr-defined]
+    # Up to SEND_JOIN_BYTES: beyond, the next response starts another Send.
+    monkeypatch.setattr(imap_session, "SEND_JOIN_BYTES", 40)
+    client.session.receive_data(b"f FETCH 1:3 FLAGS\r\n")
+    sizes = []
+    while (action := client.session.next_action()) is not None:
+        sizes.append(len(action.data))  # type: ignore[attr-defined]
+    assert len(sizes) == 2 and sizes[0] >= 40
 
 
 def test_store_variants(mail3: Mail) -> None:
