@@ -63,7 +63,8 @@ FETCH_BATCH = 256
 READ_BATCH_BYTES = 1 << 20
 # How many files a STORE renames in one job (while the reactor reports the batch before):
 # 128, 256 and 1024 took the same time for 10,000 messages, bound by the renames. The
-# first batches are smaller, as nothing runs beside them: STORE_FIRST_BATCH, doubling.
+# first and the last batches are smaller, as nothing runs beside the renames of the first
+# and the report of the last: STORE_FIRST_BATCH, doubling, and halving again at the end.
 STORE_BATCH = 1024
 STORE_FIRST_BATCH = 64
 FLAG_LISTS_KEPT = 256  # flag sets whose FETCH form a session keeps (_flags)
@@ -1119,7 +1120,7 @@ class IMAPSession:
         batch's new flags while the next one is renamed."""
         assert self.selected is not None and isinstance(c.args, p.Store)
         selected = self.selected
-        batches = _growing_batches(reported, STORE_FIRST_BATCH, STORE_BATCH)
+        batches = _ramped_batches(reported, STORE_FIRST_BATCH, STORE_BATCH)
         planned = [tuple((uid, changes[uid]) for _, uid in b if uid in changes) for b in batches]
         self._own_flags.update(changes)  # reported below, not as news from others
         try:
@@ -1562,14 +1563,28 @@ _SELECTED_STATE = frozenset(
 _T = TypeVar("_T")
 
 
-def _growing_batches(items: list[_T], first: int, most: int) -> list[list[_T]]:
-    """Runs of ``first`` items, then twice as many each time, up to ``most``."""
-    batches = []
-    start, size = 0, first
-    while start < len(items):
+def _ramped_batches(items: list[_T], first: int, most: int) -> list[list[_T]]:
+    """Runs of ``first`` items, then twice as many each time up to ``most``, and in the
+    second half the same sizes in reverse, down to ``first`` again (a short list: one)."""
+    if len(items) <= 2 * first:
+        return [items] if items else []
+    half = (len(items) + 1) // 2
+    sizes = _growing_sizes(half, first, most)
+    sizes += reversed(_growing_sizes(len(items) - half, first, most))
+    batches, start = [], 0
+    for size in sizes:
         batches.append(items[start : start + size])
-        start, size = start + size, min(2 * size, most)
+        start += size
     return batches
+
+
+def _growing_sizes(count: int, first: int, most: int) -> list[int]:
+    sizes, size = [], first
+    while count > 0:
+        sizes.append(min(size, count))
+        count -= sizes[-1]
+        size = min(2 * size, most)
+    return sizes
 
 
 def _batches(

@@ -744,10 +744,9 @@ class Folder:
         """The UIDs of these messages that the rule does not rule out from their raw
         headers (files.ruled_out): a SEARCH then reads and parses only those. A message
         renamed or expunged meanwhile is not ruled out; the search looks again."""
-        listed = [uid for uid in uids if uid in self._by_uid]
-        plan = [(self.file_path(m), m.crlf) for uid in listed if (m := self._by_uid[uid])]
-        d = self.store.screen_files(plan, rule)
-        d.addCallback(lambda kept: {uid for uid, keep in zip(listed, kept, strict=True) if keep})
+        listed = [(uid, m) for uid in uids if (m := self._by_uid.get(uid)) is not None]
+        d = self.store.screen_files([(self.file_path(m), m.crlf) for _, m in listed], rule)
+        d.addCallback(lambda kept: {u for (u, _), keep in zip(listed, kept, strict=True) if keep})
         return d
 
     def _read_renamed(

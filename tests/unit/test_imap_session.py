@@ -802,6 +802,18 @@ def test_a_long_store_asks_for_the_next_batch_with_each(
     assert fetch(selected(mail), b"1:6 FLAGS").count(b"\\Flagged") == 6
 
 
+@given(st.integers(min_value=0, max_value=5000), st.sampled_from([(1, 2), (4, 16), (64, 1024)]))
+def test_store_batches_ramp_up_and_down(count: int, sizes: tuple[int, int]) -> None:
+    first, most = sizes
+    batches = imap_session._ramped_batches(list(range(count)), first, most)
+    assert [i for b in batches for i in b] == list(range(count))
+    assert all(0 < len(b) <= max(most, 2 * first) for b in batches)
+    if count > 2 * first:  # nothing runs beside the first renames and the last report
+        assert len(batches[0]) == len(batches[-1]) == first
+    else:
+        assert len(batches) == (1 if count else 0)
+
+
 def test_responses_in_a_row_go_out_as_one_send(
     mail3: Mail, monkeypatch: pytest.MonkeyPatch
 ) -> None:
