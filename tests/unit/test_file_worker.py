@@ -32,6 +32,23 @@ def _plan(root: str, count: int) -> list[tuple[str, str, bool]]:
     return plan
 
 
+class GoneWorker:
+    """A file worker whose child has exited: every call fails with WorkerGone."""
+
+    def call(self, *args: Any) -> defer.Deferred[Any]:
+        return defer.fail(WorkerGone("exited"))
+
+
+def recording_worker(test: unittest.TestCase) -> tuple[FileWorker, list[tuple[Any, ...]]]:
+    """A real file worker, stopped after the test, and the calls made to it."""
+    worker = FileWorker(reactor)
+    test.addCleanup(worker.stop)
+    calls: list[tuple[Any, ...]] = []
+    real_call = worker.call
+    worker.call = lambda *a: calls.append(a) or real_call(*a)  # type: ignore[method-assign]
+    return worker, calls
+
+
 class FileWorkerTests(unittest.TestCase):
     def setUp(self) -> None:
         self.worker = FileWorker(reactor)
@@ -76,11 +93,7 @@ class SplitMeasuringTests(unittest.TestCase):
         self.patch(maildir, "SPLIT_MEASURING_ABOVE", 2)
 
     async def test_a_long_plan_is_split_between_a_thread_and_the_worker(self) -> None:
-        worker = FileWorker(reactor)
-        self.addCleanup(worker.stop)
-        calls: list[Any] = []
-        real_call = worker.call
-        worker.call = lambda *a: calls.append(a) or real_call(*a)  # type: ignore[method-assign]
+        worker, calls = recording_worker(self)
         store = MaildirStore(self.mktemp(), hostname="h.example", worker=worker)
         plan = _plan(self.mktemp(), 10)
         self.assertEqual(await store.measure_files(plan), measure_files(plan))
@@ -89,11 +102,7 @@ class SplitMeasuringTests(unittest.TestCase):
         self.assertEqual(sum(len(names) for _, names, _ in groups), len(plan) - len(plan) // 2)
 
     async def test_without_the_worker_its_half_is_measured_in_a_thread(self) -> None:
-        class Gone:
-            def call(self, *args: Any) -> defer.Deferred[Any]:
-                return defer.fail(WorkerGone("exited"))
-
-        store = MaildirStore(self.mktemp(), hostname="h.example", worker=Gone())  # type: ignore[arg-type]
+        store = MaildirStore(self.mktemp(), hostname="h.example", worker=GoneWorker())  # type: ignore[arg-type]
         plan = _plan(self.mktemp(), 10)
         self.assertEqual(await store.measure_files(plan), measure_files(plan))
 
@@ -126,24 +135,16 @@ class RenamingTests(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(cur)), ["0.M1P1.host:2,FS", "1.M1P1.host:2,S"])
 
     async def test_a_long_batch_is_renamed_in_the_worker(self) -> None:
-        worker = FileWorker(reactor)
-        self.addCleanup(worker.stop)
-        calls: list[Any] = []
-        real_call = worker.call
-        worker.call = lambda *a: calls.append(a[0]) or real_call(*a)  # type: ignore[method-assign]
+        worker, calls = recording_worker(self)
         store = MaildirStore(self.mktemp(), hostname="h.example", worker=worker)
         moves = _moves(self.mktemp(), 3)
         self.assertEqual(await store.rename_files(moves), [True, True, True, False])
-        self.assertEqual(calls, ["rename_files"])
+        self.assertEqual([name for name, _ in calls], ["rename_files"])
         self.assertTrue(all(os.path.exists(new) for _, new in moves[:3]))
         self.assertFalse(any(os.path.exists(old) for old, _ in moves))
 
     async def test_without_the_worker_the_batch_is_renamed_in_a_thread(self) -> None:
-        class Gone:
-            def call(self, *args: Any) -> defer.Deferred[Any]:
-                return defer.fail(WorkerGone("exited"))
-
-        store = MaildirStore(self.mktemp(), hostname="h.example", worker=Gone())  # type: ignore[arg-type]
+        store = MaildirStore(self.mktemp(), hostname="h.example", worker=GoneWorker())  # type: ignore[arg-type]
         moves = _moves(self.mktemp(), 3)
         self.assertEqual(await store.rename_files(moves), [True, True, True, False])
         self.assertTrue(all(os.path.exists(new) for _, new in moves[:3]))

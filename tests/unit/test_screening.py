@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from mailserver.imap.fetch import MessageParts
@@ -17,7 +15,7 @@ from mailserver.imap.search import And, Flag, Header, Not, Or
 from mailserver.store import files, maildir
 from mailserver.store.files import read_message_file, ruled_out, screen_file, screen_files
 from mailserver.store.maildir import MaildirStore
-from mailserver.store.worker import FileWorker, WorkerGone
+from tests.unit.test_file_worker import GoneWorker, recording_worker
 
 FIELDS = ("Subject", "X-Tag")
 # Pieces of headers: words, folds, both line ends, encoded words, non-ASCII that case-folds
@@ -124,11 +122,7 @@ class SplitScreeningTests(unittest.TestCase):
         self.rule = ("word", b"needle")
 
     async def test_a_long_list_is_split_between_a_thread_and_the_worker(self) -> None:
-        worker = FileWorker(reactor)
-        self.addCleanup(worker.stop)
-        calls: list[Any] = []
-        real_call = worker.call
-        worker.call = lambda *a: calls.append(a) or real_call(*a)  # type: ignore[method-assign]
+        worker, calls = recording_worker(self)
         store = MaildirStore(self.mktemp(), hostname="h.example", worker=worker)
         kept = await store.screen_files(self.paths, self.rule)
         self.assertEqual(kept, screen_files(self.paths, self.rule))
@@ -137,10 +131,6 @@ class SplitScreeningTests(unittest.TestCase):
         self.assertEqual((name, paths, rule), ("screen_files", self.paths[5:], self.rule))
 
     async def test_without_the_worker_its_half_is_screened_in_a_thread(self) -> None:
-        class Gone:
-            def call(self, *args: Any) -> defer.Deferred[Any]:
-                return defer.fail(WorkerGone("exited"))
-
-        store = MaildirStore(self.mktemp(), hostname="h.example", worker=Gone())  # type: ignore[arg-type]
+        store = MaildirStore(self.mktemp(), hostname="h.example", worker=GoneWorker())  # type: ignore[arg-type]
         kept = await store.screen_files(self.paths, self.rule)
         self.assertEqual(kept, screen_files(self.paths, self.rule))
