@@ -752,7 +752,9 @@ class Folder:
     def _read_renamed(
         self, found: dict[int, bytes], plan: list[tuple[int, str, bool]]
     ) -> dict[int, bytes] | defer.Deferred[dict[int, bytes]]:
-        """Read again, at their new paths, the files renamed (new flags) while read."""
+        """Read again, at their new paths, the files renamed (new flags) while read; and
+        leave out those expunged meanwhile, whose files may have been read before their
+        unlink (it runs in another thread)."""
         if self._moving and any(uid not in found for uid, _, _ in plan):
             return self.moved().addCallback(lambda _: self._read_renamed(found, plan))
         again = [
@@ -763,10 +765,16 @@ class Folder:
             and self.file_path(message) != path
         ]
         if not again:
-            return found
+            return self._still_listed(found)
         d = self.store.run_in_thread(_read_files, again)
-        d.addCallback(lambda more: {**found, **more})
+        d.addCallback(lambda more: self._still_listed({**found, **more}))
         return d
+
+    def _still_listed(self, found: dict[int, bytes]) -> dict[int, bytes]:
+        by_uid = self._by_uid
+        if all(uid in by_uid for uid in found):
+            return found
+        return {uid: data for uid, data in found.items() if uid in by_uid}
 
     # Delivery bookkeeping --------------------------------------------------------------
     def adopt(
