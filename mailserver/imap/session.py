@@ -1139,6 +1139,8 @@ class IMAPSession:
                         if c.uid:
                             items.insert(0, b"UID %d" % uid)
                         self._send(self._fetch_line(seq, uid, items))
+                # Reported: a later change to these is news from others again.
+                self._own_flags.difference_update(uid for uid, _ in planned[i])
         finally:
             self._own_flags.difference_update(changes)
         self._updates(allow_expunge=c.uid)

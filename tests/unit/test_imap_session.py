@@ -163,6 +163,7 @@ class Client:
         self.closed = False
         self.effects: list[Effect] = []
         self.while_reading: Any = None  # called before a ReadMessages completes
+        self.while_flagging: Any = None  # called before a SetFlags runs
         self.session.attach(self._wake)
         self.greeting = self.run()
 
@@ -180,6 +181,8 @@ class Client:
                 self.while_reading()
             return settled(effect.folder.read_many(effect.uids))
         if isinstance(effect, SetFlags):
+            if self.while_flagging is not None:
+                self.while_flagging()
             return settled(effect.folder.set_flags_many(effect.changes, effect.then))
         if isinstance(effect, ScreenMessages):
             return settled(effect.folder.screen(effect.uids, effect.rule))
@@ -812,6 +815,32 @@ def test_store_batches_ramp_up_and_down(count: int, sizes: tuple[int, int]) -> N
         assert len(batches[0]) == len(batches[-1]) == first
     else:
         assert len(batches) == (1 if count else 0)
+
+
+def test_a_change_by_another_session_during_a_long_store_is_reported(
+    mail: Mail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the STORE's own changes to a batch not yet reported are kept quiet: another
+    session's change to a message reported already is news, told at the end."""
+    monkeypatch.setattr(imap_session, "STORE_FIRST_BATCH", 1)
+    monkeypatch.setattr(imap_session, "STORE_BATCH", 1)
+    for i in range(3):
+        mail.add(b"Subject: %d\r\n\r\nbody\r\n" % i, "")
+    client, other = selected(mail), selected(mail)
+    calls = []
+
+    def meanwhile() -> None:
+        calls.append(None)
+        if len(calls) == 2:  # message 1 is reported: another session flags it \Seen
+            other.send(b"o STORE 1 +FLAGS.SILENT (\\Seen)\r\n")
+
+    client.while_flagging = meanwhile
+    out = client.send(b"s STORE 1:3 +FLAGS (\\Flagged)\r\n")
+    assert out == (
+        b"* 1 FETCH (FLAGS (\\Flagged))\r\n* 2 FETCH (FLAGS (\\Flagged))\r\n"
+        b"* 3 FETCH (FLAGS (\\Flagged))\r\n* 1 FETCH (UID 1 FLAGS (\\Flagged \\Seen))\r\n"
+        b"s OK STORE completed\r\n"
+    )
 
 
 def test_responses_in_a_row_go_out_as_one_send(
