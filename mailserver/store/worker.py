@@ -1,11 +1,13 @@
-"""A helper process that reads message files while a thread reads others.
+"""A helper process that reads and renames message files beside the reactor's threads.
 
 The reactor and the threads share one interpreter lock: a thread that reads 100,000
 files takes it back after every system call, so a second thread only takes turns with
 the first (measured: 12.6 µs a file against 10.1 with one). A process has its own lock.
 When a folder first has to measure thousands of files that other programs wrote
-(``UID FETCH 1:* RFC822.SIZE`` after SELECT), the store gives half of them to this
-process and half to a thread, and the halves are read at the same time on two cores.
+(``UID FETCH 1:* RFC822.SIZE`` after SELECT), or a SEARCH screens thousands of headers,
+the store gives half of them to this process and half to a thread, and the halves are
+read at the same time on two cores. A STORE's renames run here too, a batch ahead of the
+reactor, which meanwhile reports the batch before (Folder.set_flags_many).
 
 The child runs :mod:`mailserver.store.jobs`. When it is not there, or dies, the caller
 gets :class:`WorkerGone` and does the job in a thread; the next call starts a new child.
