@@ -216,6 +216,59 @@ class IMAPClients(ServerTestCase):
         )
 
 
+class LargeFolder(ServerTestCase):
+    """A folder of files another program wrote, large enough that the STORE's renames and
+    the SEARCH's screening go to the server's file worker (a process of its own)."""
+
+    COUNT = 1500
+
+    async def test_store_and_search_over_the_file_worker(self) -> None:
+        await self.start_server()
+        inbox = self.maildir(ALICE)
+        for sub in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(inbox, sub), exist_ok=True)
+        for i in range(self.COUNT):
+            eol = b"\n" if i % 2 else b"\r\n"  # bare LF files are screened by their own rule
+            body = b"Message-ID: <m%d@example.test>\nSubject: n%d\n\nbody\n" % (i, i)
+            with open(os.path.join(inbox, "new", f"{1700000000 + i}.M{i}P1.elsewhere"), "wb") as f:
+                f.write(body.replace(b"\n", eol))
+
+        def scenario() -> tuple[object, ...]:
+            with (
+                IMAPClient("127.0.0.1", port=self.ports["imap"], ssl=False, timeout=60) as c,
+                IMAPClient("127.0.0.1", port=self.ports["imap"], ssl=False, timeout=60) as idler,
+            ):
+                c.login(ALICE, PASSWORD)
+                idler.login(ALICE, PASSWORD)
+                idler.select_folder("INBOX")
+                c.select_folder("INBOX")
+                idler.idle()
+                ids = c.search("ALL")  # imapclient lists them: 7 KB, under the line limit
+                stored = c.add_flags(ids, [b"\\Flagged"])
+                heard: list = []
+                while len(heard) < self.COUNT:
+                    more = idler.idle_check(timeout=10)
+                    if not more:
+                        break
+                    heard += [r for r in more if r[1] == b"FETCH"]
+                idler.idle_done()
+                found = c.search(["HEADER", "Message-ID", "<m1234@example.test>"])
+                subject = c.search(["SUBJECT", "n1499"])  # a bare-LF file
+                flags = c.get_flags(ids)
+                return stored, heard, found, subject, flags
+
+        stored, heard, found, subject, flags = await threads.deferToThread(scenario)
+        self.assertEqual(len(stored), self.COUNT)  # type: ignore[arg-type]
+        self.assertEqual(len(heard), self.COUNT)  # type: ignore[arg-type]
+        self.assertEqual(len(found), 1)  # type: ignore[arg-type]
+        self.assertEqual(len(subject), 1)  # type: ignore[arg-type]
+        self.assertTrue(all(b"\\Flagged" in f for f in flags.values()))  # type: ignore[attr-defined]
+        names = os.listdir(os.path.join(inbox, "cur"))
+        self.assertEqual(len(names), self.COUNT)
+        self.assertTrue(all(name.endswith(":2,F") for name in names))
+        self.assertEqual(os.listdir(os.path.join(inbox, "new")), [])
+
+
 class MbsyncSyncs(ServerTestCase):
     async def test_mbsync_both_ways_twice(self) -> None:
         mbsync = tool("mbsync")
