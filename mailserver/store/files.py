@@ -170,20 +170,22 @@ def screen_file(path: str, crlf: bool, rule: Rule) -> bool:
         data = os.read(fd, SCREEN_BYTES)
     finally:
         os.close(fd)
-    if crlf:  # served as it is: the header ends at the first CRLF CRLF
-        if data.startswith(b"\r\n"):
-            return not ruled_out(b"", rule)
-        ends = [data.find(b"\r\n\r\n")]
-    else:  # every line end becomes CRLF: a blank line is LF LF or LF CRLF here
-        if data.startswith((b"\n", b"\r\n")):
-            return not ruled_out(b"", rule)
-        ends = [data.find(b"\n\n"), data.find(b"\n\r\n")]
-    ends = [i for i in ends if i >= 0]
-    if not ends:
-        if len(data) == SCREEN_BYTES:
-            return True  # a header longer than what was read
-        return not ruled_out(data, rule)
-    return not ruled_out(data[: min(ends) + 1], rule)
+    header = _header_of(data, crlf)
+    return header is None or not ruled_out(header, rule)
+
+
+def _header_of(data: bytes, crlf: bool) -> bytes | None:
+    """All of the header in the first bytes of a file (with a line end more), or None
+    when it may go on past them. Served as it is (``crlf``), the header ends at the first
+    CRLF CRLF; a file whose line ends all become CRLF has its blank line at LF LF or
+    LF CRLF."""
+    if data.startswith(b"\r\n" if crlf else (b"\n", b"\r\n")):
+        return b""
+    found = (data.find(b"\r\n\r\n"),) if crlf else (data.find(b"\n\n"), data.find(b"\n\r\n"))
+    ends = [i for i in found if i >= 0]
+    if ends:
+        return data[: min(ends) + 1]
+    return None if len(data) == SCREEN_BYTES else data
 
 
 def screen_files(plan: list[tuple[str, bool]], rule: Rule) -> list[bool]:
