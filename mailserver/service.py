@@ -12,8 +12,9 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.components import Componentized
 
 from mailserver.accounts import Directory
 from mailserver.config import Config, ConfigError
@@ -90,6 +91,8 @@ class MailServer(MultiService):
     # Seconds a session may take to close cleanly at shutdown before it is aborted
     # (a TLS client that never finishes its handshake, one that never reads).
     shutdown_grace = 3.0
+    # The observer twistd is to log with (textlog.py), set by the plugin.
+    log_observer: ILogObserver | None = None
 
     def __init__(self, config: Config, reactor: Any | None = None) -> None:
         super().__init__()
@@ -157,6 +160,17 @@ class MailServer(MultiService):
                 factory = TLSMemoryBIOFactory(self.tls, False, sessions)
             for description in descriptions:
                 self.add_listener(name, role, description, factory)
+
+    def setServiceParent(self, parent: Any) -> None:
+        """twistd adds us to the application it made just before it starts logging, and
+        logs with the application's ILogObserver if it has one."""
+        if (
+            self.log_observer is not None
+            and isinstance(parent, Componentized)
+            and parent.getComponent(ILogObserver) is None
+        ):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
     def startService(self) -> None:
         super().startService()

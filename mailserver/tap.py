@@ -15,6 +15,7 @@ from mailserver.accounts import check_passwd_file
 from mailserver.config import Config, ConfigError, load
 from mailserver.queue.service import check_queue_files
 from mailserver.service import MailServer, check_tls_files
+from mailserver.textlog import observer_for
 
 DEFAULT_CONFIG = "etc/mailserver.toml"
 # A mail server keeps large indexes alive for as long as it runs (a folder of 10,000
@@ -67,6 +68,9 @@ def makeService(options: Options) -> IService:
     except ConfigError as e:
         # The run directory, the store or the development certificate cannot be made.
         refuse(e)
+    twistd_options = getattr(options, "parent", None)
+    if twistd_options is not None:
+        server.log_observer = observer_for(twistd_options)
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()  # what start-up built (modules, configuration) lives as long as we do
     return server
