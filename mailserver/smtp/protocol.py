@@ -82,14 +82,14 @@ class SMTPFactory(LimitedFactory):
         return SessionSpec(session, run, self.idle_timeout)
 
     def run_effect(self, effect: Effect, session_id: str, peer: str) -> Any:
+        # The checks answer at once (the directory is in memory): a plain Reply resumes
+        # the session without a Deferred (driver.py), and one that raises is a Failure.
         if isinstance(effect, CheckSender):
-            d = defer.maybeDeferred(self.policy.check_sender, effect.envelope, effect.address)
-            d.addCallback(self._logged, "mail", session_id, effect.address)
-            return d
+            reply = self.policy.check_sender(effect.envelope, effect.address)
+            return self._logged(reply, "mail", session_id, effect.address)
         if isinstance(effect, CheckRecipient):
-            d = defer.maybeDeferred(self.policy.check_recipient, effect.envelope, effect.address)
-            d.addCallback(self._logged, "rcpt", session_id, effect.address)
-            return d
+            reply = self.policy.check_recipient(effect.envelope, effect.address)
+            return self._logged(reply, "rcpt", session_id, effect.address)
         if isinstance(effect, DeliverMessage):
             env = effect.envelope
             d = defer.maybeDeferred(self.policy.deliver, env, effect.chunks)
