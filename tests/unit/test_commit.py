@@ -1,0 +1,219 @@
+"""Group commit of new message files (store/commit.py): every job ends durable at its
+final name, or with its error and nothing left in tmp/; the jobs that wait are committed
+together; closing waits for them."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from mailserver.store import commit
+from mailserver.store.commit import FileJob, GroupCommitter, commit_batch
+
+
+class _Folders:
+    """A scratch folder or two with tmp/, new/ and cur/, and jobs that write into them."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        for folder in ("a", "b"):
+            for sub in ("tmp", "new", "cur"):
+                os.makedirs(os.path.join(root, folder, sub))
+        self._names = iter(range(1_000_000))
+
+    def job(
+        self,
+        folder: str = "a",
+        sub: str = "new",
+        data: bytes = b"Subject: x\r\n\r\nhi\r\n",
+        mtime: float | None = None,
+    ) -> FileJob:
+        name = f"{next(self._names)}.M1P1.host"
+        return FileJob(
+            os.path.join(self.root, folder, "tmp", name),
+            os.path.join(self.root, folder, sub, name),
+            [data[:5], data[5:]],
+            mtime,
+        )
+
+    def tmp_files(self) -> list[str]:
+        return [n for f in ("a", "b") for n in os.listdir(os.path.join(self.root, f, "tmp"))]
+
+
+def _content(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class CommitBatchTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.folders = _Folders(self.mktemp())
+
+    def test_every_job_ends_at_its_final_name(self) -> None:
+        jobs = [self.folders.job(data=b"message %d\r\n" % i) for i in range(3)]
+        jobs.append(self.folders.job("b", "cur"))
+        commit_batch(jobs)
+        for i, job in enumerate(jobs[:3]):
+            self.assertIsNone(job.error)
+            self.assertEqual(_content(job.final), b"message %d\r\n" % i)
+            self.assertEqual(job.result, os.stat(job.final).st_mtime)
+        self.assertTrue(os.path.exists(jobs[3].final))
+        self.assertEqual(self.folders.tmp_files(), [])
+
+    def test_a_given_date_becomes_the_files_date(self) -> None:
+        job = self.folders.job(mtime=1_000_000_000.0)
+        commit_batch([job])
+        self.assertEqual(os.stat(job.final).st_mtime, 1_000_000_000.0)
+        self.assertEqual(job.result, 1_000_000_000.0)
+
+    def test_a_job_that_cannot_be_created_fails_alone(self) -> None:
+        bad = self.folders.job()
+        bad.tmp = os.path.join(self.folders.root, "gone", "tmp", "x")
+        good = self.folders.job()
+        commit_batch([bad, good])
+        self.assertIsInstance(bad.error, FileNotFoundError)
+        self.assertIsNone(bad.result)
+        self.assertIsNone(good.error)
+        self.assertTrue(os.path.exists(good.final))
+
+    def test_a_failed_fsync_leaves_no_file_anywhere(self) -> None:
+        bad, good = self.folders.job(), self.folders.job()
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            if os.readlink(f"/proc/self/fd/{fd}") == os.path.abspath(bad.tmp):
+                raise OSError(errno.EIO, "I/O error")
+            real_fsync(fd)
+
+        self.patch(os, "fsync", fsync)
+        commit_batch([bad, good])
+        self.assertEqual(bad.error.errno, errno.EIO)
+        self.assertFalse(os.path.exists(bad.final))
+        self.assertTrue(os.path.exists(good.final))
+        self.assertEqual(self.folders.tmp_files(), [])
+
+    def test_a_failed_rename_leaves_nothing_in_tmp(self) -> None:
+        bad = self.folders.job()
+        bad.final = os.path.join(self.folders.root, "a", "gone", "x")
+        commit_batch([bad])
+        self.assertIsInstance(bad.error, FileNotFoundError)
+        self.assertEqual(self.folders.tmp_files(), [])
+
+    def test_a_failed_directory_sync_fails_every_job_renamed_into_it(self) -> None:
+        """Their files are in place, but not known to be durable: each is refused (a 451
+        in SMTP), so a sender tries again, rather than a 250 a crash could take back."""
+        into_a = [self.folders.job("a"), self.folders.job("a")]
+        into_b = self.folders.job("b")
+        failing = os.path.dirname(into_a[0].final)
+        real_sync = commit.fsync_dir
+
+        def fsync_dir(path: str) -> None:
+            if path == failing:
+                raise OSError(errno.EIO, "I/O error")
+            real_sync(path)
+
+        self.patch(commit, "fsync_dir", fsync_dir)
+        commit_batch([*into_a, into_b])
+        self.assertEqual([job.error.errno for job in into_a], [errno.EIO, errno.EIO])
+        self.assertIsNone(into_b.error)
+
+
+class _Reactor:
+    """The real reactor's callFromThread; the shutdown hook only noted."""
+
+    def __init__(self) -> None:
+        self.triggers: list[tuple[Any, ...]] = []
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        reactor.callFromThread(f, *args)
+
+    def addSystemEventTrigger(self, *args: Any) -> None:
+        self.triggers.append(args)
+
+
+class GroupCommitterTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.folders = _Folders(self.mktemp())
+        self.reactor = _Reactor()
+        self.batches: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()  # a thread is at the gate with its batch
+        real_batch = commit.commit_batch
+
+        def gated_batch(jobs: list[FileJob]) -> None:
+            self.entered.set()
+            self.gate.wait(10)
+            self.batches.append(len(jobs))
+            real_batch(jobs)
+
+        self.patch(commit, "commit_batch", gated_batch)
+        self.committer = GroupCommitter(self.reactor, threads=1)
+
+    async def test_the_jobs_that_wait_go_together(self) -> None:
+        self.gate.clear()
+        first = self.folders.job()
+        waiting = [self.folders.job() for _ in range(3)]
+        ds = [self.committer.commit(first)]
+        while not self.entered.is_set():
+            await _turn()
+        ds += [self.committer.commit(job) for job in waiting]
+        self.gate.set()
+        dates = await defer.gatherResults(ds)
+        self.assertEqual(self.batches, [1, 3])
+        self.assertEqual(dates, [os.stat(j.final).st_mtime for j in [first, *waiting]])
+        self.assertEqual([t[:2] for t in self.reactor.triggers], [("before", "shutdown")])
+
+    async def test_an_error_fails_only_its_job(self) -> None:
+        bad, good = self.folders.job(), self.folders.job()
+        bad.tmp = os.path.join(self.folders.root, "gone", "x")
+        failed = self.committer.commit(bad)
+        committed = self.committer.commit(good)
+        with self.assertRaises(FileNotFoundError):
+            await failed
+        self.assertEqual(await committed, os.stat(good.final).st_mtime)
+
+    async def test_a_bug_fails_its_batch_and_the_next_batch_goes_on(self) -> None:
+        real_batch = commit.commit_batch
+        calls = []
+
+        def broken_once(jobs: list[FileJob]) -> None:
+            calls.append(len(jobs))
+            if len(calls) == 1:
+                raise ValueError("a bug")
+            real_batch(jobs)
+
+        self.patch(commit, "commit_batch", broken_once)
+        with self.assertRaises(ValueError):
+            await self.committer.commit(self.folders.job())
+        job = self.folders.job()
+        await self.committer.commit(job)
+        self.assertTrue(os.path.exists(job.final))
+
+    async def test_closing_waits_for_the_jobs_and_refuses_new_ones(self) -> None:
+        self.gate.clear()
+        jobs = [self.folders.job() for _ in range(2)]
+        ds = [self.committer.commit(job) for job in jobs]
+        drained = self.committer.close()
+        self.assertIsNotNone(drained)
+        with self.assertRaises(RuntimeError):
+            await self.committer.commit(self.folders.job())
+        self.assertFalse(drained.called)
+        self.gate.set()
+        await drained
+        self.assertTrue(all(d.called for d in ds))
+        self.assertTrue(all(os.path.exists(job.final) for job in jobs))
+
+    def test_closing_with_nothing_to_do_returns_at_once(self) -> None:
+        self.assertIsNone(self.committer.close())
+
+
+def _turn() -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(0.001, d.callback, None)
+    return d
