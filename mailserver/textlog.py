@@ -29,20 +29,20 @@ from twisted.python.logfile import LogFile
 
 class _Stamps:
     """``formatTime`` of a time, kept for the second it falls in (the format has no
-    fractions, and the offset from UTC is the same all through one second)."""
+    fractions, and the offset from UTC is the same all through one second). The second and
+    its text are one tuple, so that a thread that logs never pairs one with the other's."""
 
     def __init__(self) -> None:
-        self._second: int | None = None
-        self._text = "-"
+        self._kept: tuple[int, str] | None = None
 
     def __call__(self, when: float | None) -> str:
         if when is None:
             return "-"
         second = int(when)
-        if second != self._second:
-            self._text = formatTime(second)
-            self._second = second
-        return self._text
+        kept = self._kept
+        if kept is None or kept[0] != second:
+            kept = self._kept = (second, formatTime(second))
+        return kept[1]
 
 
 _stamp = _Stamps()
