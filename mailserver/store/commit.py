@@ -22,7 +22,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from mailserver.store.durable import fsync_dir
+from mailserver.store.durable import fsync_dir, write_all
 
 # A batch takes at most this many messages, so that the first of them are not held back
 # by a flood behind them.
@@ -91,10 +91,7 @@ def commit_batch(jobs: Sequence[FileJob]) -> None:
 def _create(job: FileJob) -> int:
     fd = os.open(job.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        for chunk in job.chunks:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
+        write_all(fd, job.chunks)
     except BaseException:
         os.close(fd)
         _unlink_quietly(job.tmp)

@@ -1,6 +1,6 @@
 """Group commit of new message files (store/commit.py): every job ends durable at its
 final name, or with its error and nothing left in tmp/; the jobs that wait are committed
-together; closing waits for them."""
+together; closing waits for them. And durable.write_all, which writes their chunks."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import errno
 import os
 import threading
 from typing import Any
+from unittest import mock
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from mailserver.store import commit
+from mailserver.store import commit, durable
 from mailserver.store.commit import FileJob, GroupCommitter, commit_batch
 
 
@@ -217,3 +220,31 @@ def _turn() -> defer.Deferred[None]:
     d: defer.Deferred[None] = defer.Deferred()
     reactor.callLater(0.001, d.callback, None)
     return d
+
+
+@given(
+    chunks=st.lists(st.binary(max_size=300), max_size=40),
+    cuts=st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=20),
+    iov_max=st.integers(min_value=1, max_value=8),
+)
+@settings(max_examples=200, deadline=None)
+def test_write_all_writes_every_chunk_in_order_through_partial_writes(
+    chunks: list[bytes], cuts: list[int], iov_max: int
+) -> None:
+    """The kernel may take less than it is given, and at most IOV_MAX buffers a call."""
+    out = bytearray()
+    calls = iter(cuts * 1000)
+
+    def writev(fd: int, buffers: list[memoryview]) -> int:
+        assert 0 < len(buffers) <= iov_max and all(len(b) for b in buffers)
+        data = b"".join(buffers)[: next(calls)]
+        out.extend(data)
+        return len(data)
+
+    with (
+        mock.patch.object(durable.os, "writev", writev),
+        mock.patch.object(durable, "IOV_MAX", iov_max),
+    ):
+        size = durable.write_all(3, chunks)
+    assert bytes(out) == b"".join(chunks)
+    assert size == len(out)
