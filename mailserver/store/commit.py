@@ -22,7 +22,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from mailserver.store.durable import fsync_dir, write_all
+from mailserver.store.durable import create_written, fsync_dir, unlink_quietly
 
 # A batch takes at most this many messages, so that the first of them are not held back
 # by a flood behind them.
@@ -54,7 +54,7 @@ def commit_batch(jobs: Sequence[FileJob]) -> None:
     written: list[tuple[FileJob, int]] = []
     for job in jobs:
         try:
-            written.append((job, _create(job)))
+            written.append((job, create_written(job.tmp, job.chunks)[0]))
         except Exception as e:
             job.error = e
     synced: list[FileJob] = []
@@ -66,7 +66,7 @@ def commit_batch(jobs: Sequence[FileJob]) -> None:
             job.result = os.fstat(fd).st_mtime
         except OSError as e:
             job.error = e
-            _unlink_quietly(job.tmp)
+            unlink_quietly(job.tmp)
         else:
             synced.append(job)
         finally:
@@ -77,7 +77,7 @@ def commit_batch(jobs: Sequence[FileJob]) -> None:
             os.rename(job.tmp, job.final)
         except OSError as e:
             job.error = e
-            _unlink_quietly(job.tmp)
+            unlink_quietly(job.tmp)
         else:
             by_directory[os.path.dirname(job.final)].append(job)
     for directory, renamed in by_directory.items():
@@ -86,24 +86,6 @@ def commit_batch(jobs: Sequence[FileJob]) -> None:
         except OSError as e:
             for job in renamed:
                 job.error = e
-
-
-def _create(job: FileJob) -> int:
-    fd = os.open(job.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        write_all(fd, job.chunks)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(job.tmp)
-        raise
-    return fd
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 class GroupCommitter:

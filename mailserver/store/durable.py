@@ -40,18 +40,37 @@ def write_all(fd: int, chunks: Iterable[bytes]) -> int:
     return size
 
 
-def write_synced(path: str, chunks: Iterable[bytes], mode: int = 0o600) -> int:
-    """Create ``path`` exclusively, write the chunks, fsync; return the size written."""
+def create_written(path: str, chunks: Iterable[bytes], mode: int = 0o600) -> tuple[int, int]:
+    """Create ``path`` exclusively and write the chunks: the open fd and the size. If the
+    writing fails, the file is closed and removed."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        size = write_all(fd, chunks)
-        os.fsync(fd)
+        return fd, write_all(fd, chunks)
     except BaseException:
         os.close(fd)
-        os.unlink(path)
+        unlink_quietly(path)
         raise
-    os.close(fd)
+
+
+def write_synced(path: str, chunks: Iterable[bytes], mode: int = 0o600) -> int:
+    """Create ``path`` exclusively, write the chunks, fsync; return the size written."""
+    fd, size = create_written(path, chunks, mode)
+    try:
+        os.fsync(fd)
+    except BaseException:
+        unlink_quietly(path)
+        raise
+    finally:
+        os.close(fd)
     return size
+
+
+def unlink_quietly(path: str) -> None:
+    """Remove a file that may already be gone."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class DirectorySyncer:
