@@ -31,17 +31,24 @@ class MDA:
         return found
 
     def deliver(
-        self, mail_from: str, recipients: Sequence[str], chunks: Sequence[bytes], session_id: str
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        chunks: Sequence[bytes],
+        session_id: str,
+        unique: str | None = None,
     ) -> defer.Deferred[list[Stored]]:
         """Store the message in every recipient's INBOX; fires when all copies are durable.
 
         RFC 5321 §4.4: the delivering server adds ``Return-Path`` with the envelope sender.
+        ``unique`` makes a repeated delivery (after a crash) a no-op; see
+        ``MaildirStore.deliver``.
         """
         return_path = f"Return-Path: <{mail_from}>\r\n".encode("ascii", "replace")
         message = (return_path, *chunks)
         copies = []
         for mailbox in self.mailboxes(recipients):
-            d = self.store.deliver(mailbox, message)
+            d = self.store.deliver(mailbox, message, unique=unique)
             d.addCallback(self._delivered, mailbox, session_id)
             copies.append(d)
         if not copies:

@@ -31,7 +31,21 @@ from mailserver.smtp.client import OutboundMessage, OutboundRecipient, Result, d
 
 log = Logger()
 
-LocalDeliver = Callable[[str, Sequence[str], Sequence[bytes], str], "defer.Deferred[Any]"]
+
+class LocalDeliver(Protocol):
+    """Delivers a report to a local sender (``MDA.deliver``); ``unique`` names the
+    delivery so that repeating it after a crash stores nothing twice."""
+
+    def __call__(
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        chunks: Sequence[bytes],
+        session_id: str,
+        unique: str | None = None,
+    ) -> defer.Deferred[Any]: ...
+
+
 RunBlocking = Callable[..., "defer.Deferred[Any]"]
 
 _NOTIFY = {"NEVER", "SUCCESS", "FAILURE", "DELAY"}
@@ -468,8 +482,12 @@ class Scheduler:
             "queue {id}: {action} report to <{sender}>", id=entry.id, action=action, sender=sender
         )
         if domain in self.policy.local_domains:
+            # The parent's state says the report was sent only once it is saved, after
+            # this: a crash in between sends it again, with the same name, which the
+            # store recognises (as the spool recognises the id of a remote one below).
+            unique = f"{int(entry.created)}.{entry.id}R{entry.reports}"
             try:
-                await self.local_deliver("", [sender], [report], f"dsn-{entry.id}")
+                await self.local_deliver("", [sender], [report], f"dsn-{entry.id}", unique=unique)
             except Exception as e:
                 log.error(
                     "queue {id}: report to <{sender}> lost: {error}",

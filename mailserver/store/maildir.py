@@ -113,9 +113,31 @@ def unique_base(hostname: str) -> str:
     now = time.time()
     sec = int(now)
     usec = int((now - sec) * 1_000_000)
-    host = hostname.replace("/", "\\057").replace(":", "\\072")
+    host = _host_part(hostname)
     # R: not a secret, only one more thing that differs (random reseeds after a fork).
     return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{random.getrandbits(32):08x}.{host}"
+
+
+def _host_part(hostname: str) -> str:
+    """maildir(5): "/" and ":" in the host name are written as \\057 and \\072."""
+    return hostname.replace("/", "\\057").replace(":", "\\072")
+
+
+def find_base(path: str, base: str) -> str | None:
+    """The full base name (with its ",S=" fields) of the message in the folder at
+    ``path`` whose base is ``base`` or starts with ``base`` and a comma; None if none.
+
+    Blocks (it lists new/ and cur/): for the rare delivery that may be a repeat."""
+    for subdir in ("new", "cur"):
+        try:
+            names = os.listdir(os.path.join(path, subdir))
+        except FileNotFoundError:
+            continue
+        for name in names:
+            found = parse_filename(name)[0]
+            if found == base or found.startswith(base + ","):
+                return found
+    return None
 
 
 def parse_filename(filename: str) -> tuple[str, str]:
@@ -1189,12 +1211,18 @@ class MaildirStore:
         folder: str = "INBOX",
         flags: Iterable[str] = (),
         internal_date: float | None = None,
+        unique: str | None = None,
     ) -> defer.Deferred[Stored]:
         """Write a message durably into a folder; the Deferred fires once it is on disk.
 
         The message is written to tmp/, fsynced, renamed into new/ (or cur/ when it has
         flags) and the directory is fsynced, all in a thread; a crash at any point leaves
         no partial file in new/ or cur/.
+
+        ``unique`` ("time.unique", safe in a file name) is for a delivery the caller may
+        repeat after a crash, such as a report whose sending is recorded only after it
+        is delivered: the base name is made from it, and when the folder already holds
+        that base nothing is written again.
         """
         try:
             path = self.folder_path(address, folder)
@@ -1204,10 +1232,39 @@ class MaildirStore:
                 raise NoSuchFolder(folder)
         except Exception as e:
             return defer.fail(e)
+        if unique is not None:
+            base = f"{unique}.{_host_part(self.hostname)}"
+            d = self.run_in_thread(find_base, path, base)
+            d.addCallback(
+                lambda found: (
+                    self._already_stored(path, folder, found)
+                    if found
+                    else self._write(address, path, folder, chunks, flags, internal_date, base)
+                )
+            )
+            return d
+        return self._write(address, path, folder, chunks, flags, internal_date)
+
+    def _already_stored(self, path: str, folder: str, base: str) -> Stored:
+        log.info("store: {base} is already in {path}, not delivered again", base=base, path=path)
+        current = self._open.get(path)
+        message = current._by_base.get(base) if current else None
+        return Stored(folder, base, message.uid if message else None)
+
+    def _write(
+        self,
+        address: str,
+        path: str,
+        folder: str,
+        chunks: Sequence[bytes],
+        flags: Iterable[str],
+        internal_date: float | None,
+        chosen_base: str | None = None,
+    ) -> defer.Deferred[Stored]:
         size = sum(len(c) for c in chunks)
         if self.quota_bytes and self._usage(address) + size > self.quota_bytes:
             return defer.fail(QuotaExceeded(address))
-        base = f"{unique_base(self.hostname)},S={size},W={size}"
+        base = f"{chosen_base or unique_base(self.hostname)},S={size},W={size}"
         flag_set = frozenset(flags)
         open_folder = self._open.get(path)
         info = open_folder._info_from_flags(flag_set) if open_folder else _plain_info(flag_set)

@@ -48,6 +48,29 @@ class StoreTests(unittest.TestCase):
         bases = {(await self.store.deliver(ALICE, [MESSAGE])).base for _ in range(50)}
         self.assertEqual(len(bases), 50)
 
+    async def test_a_named_delivery_is_stored_once(self) -> None:
+        """A delivery given ``unique`` (a report sent again after a crash) finds the
+        copy it made before, in new/ or, once read, in cur/, and writes nothing."""
+        folder = self.store.folder(ALICE)
+        first = await self.store.deliver(ALICE, [MESSAGE], unique="1700000000.Q1R1")
+        self.assertTrue(first.base.startswith("1700000000.Q1R1.host.example,S="))
+        changed = MESSAGE + b"changed\r\n"
+        again = await self.store.deliver(ALICE, [changed], unique="1700000000.Q1R1")
+        self.assertEqual((again.base, again.uid), (first.base, first.uid))
+        folder.set_flags(first.uid, ["\\Seen"])
+        await folder.moved()
+        after_restart = self.reopen()
+        once_more = await after_restart.deliver(ALICE, [MESSAGE], unique="1700000000.Q1R1")
+        self.assertEqual(once_more.base, first.base)
+        other = await after_restart.deliver(ALICE, [MESSAGE], unique="1700000000.Q1R2")
+        self.assertNotEqual(other.base, first.base)
+        user = os.path.join(self.root, "example.test", "alice")
+        names = os.listdir(os.path.join(user, "cur")) + os.listdir(os.path.join(user, "new"))
+        self.assertEqual(len(names), 2)
+        # A name that only begins the same way is another message.
+        prefix = await after_restart.deliver(ALICE, [MESSAGE], unique="1700000000.Q1")
+        self.assertNotIn(prefix.base, (first.base, other.base))
+
     async def test_uids_survive_a_restart_and_grow(self) -> None:
         folder = self.store.folder(ALICE)
         for _ in range(3):

@@ -21,6 +21,7 @@ from mailserver.queue.spool import DELIVERED, FAILED, PENDING, Entry, RecipientS
 from mailserver.queue.transport import Delivery
 from mailserver.smtp.client import OutboundMessage, Result
 from mailserver.smtp.reply import Reply
+from mailserver.store.maildir import MaildirStore
 
 MSG = b"Subject: test\r\nFrom: s@remote.example\r\n\r\nbody\r\n"
 OK = Delivery(Result.DELIVERED, Reply(250, "2.0.0", "ok"), "mx.example.net [192.0.2.1]")
@@ -72,7 +73,12 @@ class Harness:
         )
 
     def local_deliver(
-        self, mail_from: str, rcpts: Sequence[str], chunks: Sequence[bytes], sid: str
+        self,
+        mail_from: str,
+        rcpts: Sequence[str],
+        chunks: Sequence[bytes],
+        sid: str,
+        unique: str | None = None,
     ) -> defer.Deferred[None]:
         self.local.append((mail_from, list(rcpts), b"".join(chunks)))
         return defer.succeed(None)
@@ -169,6 +175,46 @@ def test_bounce_to_local_sender_goes_through_local_delivery(h: Harness) -> None:
     assert original.get_content_type() == "text/rfc822-headers"
     assert b"Subject: test" in original.get_payload(decode=True)
     assert b"body" not in original.get_payload(decode=True)
+
+
+def test_a_crash_after_a_local_report_does_not_deliver_it_twice(tmp_path: Any) -> None:
+    """The parent's state records the report only after its delivery; a crash between
+    the two sends it again on restart, under the same name, and the store keeps one."""
+    h = Harness(str(tmp_path / "spool"), min_backoff=300, max_backoff=4000, delay_warning=0)
+    store = MaildirStore(str(tmp_path / "mail"), hostname="mail.example.test", run_in_thread=sync)
+    crash_after_delivery = [True]
+    names: list[str | None] = []
+
+    def local_deliver(
+        mail_from: str,
+        rcpts: Sequence[str],
+        chunks: Sequence[bytes],
+        sid: str,
+        unique: str | None = None,
+    ) -> defer.Deferred[Any]:
+        names.append(unique)
+        d = store.deliver(rcpts[0], chunks, unique=unique)
+        if crash_after_delivery.pop(0):
+            return defer.Deferred()  # durable, and the process dies before it hears so
+        return d
+
+    h.local_deliver = local_deliver  # type: ignore[method-assign]
+    h.scheduler = h.new()
+    h.start()
+    h.transport.script["a@example.net"] = [NO]
+    queue_id = h.enqueue("alice@example.test", ["a@example.net"])
+    h.clock.advance(0)
+    assert not h.spool.load(queue_id).recipients[0].reported
+    h.scheduler.stop()
+    crash_after_delivery.append(False)
+    h.transport.script["a@example.net"] = [NO]
+    h.scheduler = h.new()
+    h.start()
+    h.clock.advance(0)
+    assert len(names) == 2 and names[0] == names[1] and names[0] is not None
+    inbox = tmp_path / "mail" / "example.test" / "alice"
+    assert len(os.listdir(inbox / "new")) == 1
+    assert h.spool.ids() == []
 
 
 def test_no_report_to_null_sender_and_notify_never(h: Harness) -> None:
