@@ -44,7 +44,8 @@ class MDA:
         ``unique`` makes a repeated delivery (after a crash) a no-op; see
         ``MaildirStore.deliver``.
         """
-        return_path = f"Return-Path: <{mail_from}>\r\n".encode("ascii", "replace")
+        # RFC 6531 §3.7.3: a UTF-8 sender (SMTPUTF8 checked that it may be) stays UTF-8.
+        return_path = f"Return-Path: <{mail_from}>\r\n".encode()
         message = (return_path, *chunks)
         copies = []
         for mailbox in self.mailboxes(recipients):

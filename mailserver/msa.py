@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from mailserver.accounts import Directory
 from mailserver.mda import MDA
+from mailserver.message import header_section
 from mailserver.mta import RECIPIENT_OK, SENDER_OK, accepted, check_local_recipient, domain_of
 from mailserver.queue import dsn
 from mailserver.smtp.reply import Reply
@@ -80,7 +81,7 @@ class SubmissionPolicy:
 
     def deliver(self, envelope: Envelope, chunks: Sequence[bytes]) -> defer.Deferred[Reply]:
         trace, *message = chunks
-        headers = BytesHeaderParser(policy=compat32).parsebytes(header_bytes(message))
+        headers = BytesHeaderParser(policy=compat32).parsebytes(header_section(message))
         user = envelope.auth_user or ""
         senders = email.utils.getaddresses(headers.get_all("From", []))
         if not senders or not all(self.owns(user, address) for _, address in senders):
@@ -133,6 +134,7 @@ class SubmissionPolicy:
             now=now,
             envid=envelope.params.get("ENVID"),
             ret=envelope.params.get("RET"),
+            utf8="SMTPUTF8" in envelope.params,
         )
         d = self.mda.deliver("", [envelope.mail_from], [report], envelope.session_id)
         d.addErrback(lambda f: log.failure("MSA: success report not delivered", f))
@@ -141,14 +143,3 @@ class SubmissionPolicy:
 def _notify(params: Mapping[str, str | None]) -> list[str] | None:
     value = params.get("NOTIFY")
     return value.split(",") if value else None
-
-
-def header_bytes(chunks: Sequence[bytes]) -> bytes:
-    """The header section of a message given in chunks, without reading the rest."""
-    seen = b""
-    for chunk in chunks:
-        seen += chunk
-        end = seen.find(b"\r\n\r\n")
-        if end >= 0:
-            return seen[: end + 2]
-    return seen

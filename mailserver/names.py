@@ -7,6 +7,7 @@ Everything that fails raises :class:`BadName` with a message fit for a protocol 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # RFC 5321 §4.5.3.1.1 / §4.5.3.1.2: local part at most 64 octets, domain at most 255.
 MAX_LOCAL_PART = 64
@@ -17,6 +18,9 @@ MAX_FOLDER_NAME = 200
 # Local parts we are willing to map onto a directory: the dot-atom text of RFC 5322 §3.2.3,
 # without the characters that mean something to shells and file systems.
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+=?^_`{|}~-]+)*$")
+# RFC 6531/6532 local parts may be UTF-8: we take any character beyond ASCII except
+# controls, format characters (bidirectional overrides), spaces and unassigned ones.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
 # RFC 1035 §2.3.1 labels (letters, digits, hyphens), as used in RFC 5321 §4.1.2 Domain.
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
@@ -30,6 +34,9 @@ def split_address(address: str) -> tuple[str, str]:
     local, sep, domain = address.rpartition("@")
     if not sep or not local or not domain:
         raise BadName(f"not an address: {address!r}")
+    if not local.isascii():
+        # RFC 6530 §10.1: one spelling (NFC) of a UTF-8 name, for keys and directories.
+        local = unicodedata.normalize("NFC", local)
     check_local_part(local)
     check_domain(domain)
     return local, domain.lower()
@@ -38,7 +45,17 @@ def split_address(address: str) -> tuple[str, str]:
 def check_local_part(local: str) -> None:
     if len(local.encode("utf-8", "surrogateescape")) > MAX_LOCAL_PART:
         raise BadName("local part too long")
-    if not _LOCAL_PART.match(local):
+    if local.isascii():
+        if not _LOCAL_PART.match(local):
+            raise BadName(f"local part not allowed: {local!r}")
+        return
+    # Each UTF-8 character stands where an ASCII letter could (RFC 6531 §3.3 atext).
+    shape = "".join(c if c.isascii() else "a" for c in local)
+    if (
+        not _LOCAL_PART.match(shape)
+        or any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in local)
+        or not unicodedata.is_normalized("NFC", local)
+    ):
         raise BadName(f"local part not allowed: {local!r}")
 
 

@@ -3,6 +3,10 @@
 A report is a multipart/report (RFC 6522) with three parts: a text for people, the
 message/delivery-status for programs, and the original message's header (RET=HDRS, the
 default here) or the whole message (RET=FULL).
+
+About a message sent with SMTPUTF8 the report is a "global" one (RFC 6533): its status
+part is message/global-delivery-status, whose addresses may be UTF-8 ("utf-8" address
+type), and the returned part is message/global or message/global-headers.
 """
 
 from __future__ import annotations
@@ -98,9 +102,12 @@ def build_report(
     now: float,
     envid: str | None = None,
     ret: str | None = None,
+    utf8: bool = False,
 ) -> bytes:
     """The report to ``sender`` about ``recipients`` (all with the same action), as bytes
-    with CRLF line ends, ready to be delivered with the null reverse-path."""
+    with CRLF line ends, ready to be delivered with the null reverse-path; ``utf8``: the
+    original came with SMTPUTF8, so the report is a global one (RFC 6533)."""
+    address_type = "utf-8" if utf8 else "rfc822"
     action = recipients[0].action
     boundary = f"={secrets.token_hex(12)}"
     date = email.utils.formatdate(now)
@@ -132,7 +139,8 @@ def build_report(
         text.append(f"<{r.address}>: {_ascii(r.diagnostic) or r.status}")
     text.append("")
     # RFC 3464 §2.2: the per-message fields, then one block per recipient (§2.3).
-    status = [f"--{boundary}", "Content-Type: message/delivery-status", ""]
+    status_type = "message/global-delivery-status" if utf8 else "message/delivery-status"
+    status = [f"--{boundary}", f"Content-Type: {status_type}", ""]
     status.append(f"Reporting-MTA: dns; {reporting_mta}")
     if envid:
         status.append(f"Original-Envelope-Id: {xtext_decode(envid)}")
@@ -142,7 +150,7 @@ def build_report(
         if r.orcpt:
             kind, _, value = r.orcpt.partition(";")
             status.append(f"Original-Recipient: {kind}; {xtext_decode(value)}")
-        status.append(f"Final-Recipient: rfc822; {r.address}")
+        status.append(f"Final-Recipient: {address_type}; {r.address}")
         status.append(f"Action: {r.action}")
         status.append(f"Status: {r.status}")
         if r.remote_mta:
@@ -155,11 +163,12 @@ def build_report(
             status.append(f"Will-Retry-Until: {email.utils.formatdate(r.will_retry_until)}")
     status.append("")
     if ret is not None and ret.upper() == "FULL":
-        returned = [f"--{boundary}", "Content-Type: message/rfc822", "", ""]
+        returned_type = "message/global" if utf8 else "message/rfc822"
         body = _crlf(original)
     else:
-        returned = [f"--{boundary}", "Content-Type: text/rfc822-headers", "", ""]
+        returned_type = "message/global-headers" if utf8 else "text/rfc822-headers"
         body = _crlf(original_header(original))
+    returned = [f"--{boundary}", f"Content-Type: {returned_type}", "", ""]
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     # RFC 2046 §5.1.1: the CRLF before a boundary belongs to the boundary; one more, so

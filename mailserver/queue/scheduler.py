@@ -205,6 +205,7 @@ class Scheduler:
             size=sum(len(c) for c in chunks),
             ret=ret.upper() if ret else None,
             envid=params.get("ENVID"),
+            smtputf8="SMTPUTF8" in params,
         )
         await self.run_blocking(self.spool.create, entry, list(chunks))
         log.info(
@@ -292,6 +293,7 @@ class Scheduler:
             chunks=tuple(chunks),
             ret=entry.ret,
             envid=entry.envid,
+            smtputf8=entry.smtputf8,
         )
         saving = defer.DeferredLock()
         tried: list[RecipientState] = []
@@ -364,6 +366,7 @@ class Scheduler:
             chunks=message.chunks,
             ret=message.ret,
             envid=message.envid,
+            smtputf8=message.smtputf8,
         )
         per_domain = self._per_domain[domain]
 
@@ -438,6 +441,7 @@ class Scheduler:
                 now=now,
                 envid=entry.envid,
                 ret=entry.ret,
+                utf8=entry.smtputf8,
             )
             new = await self._send_report(entry, report, action)
             if new is not None:
@@ -504,6 +508,7 @@ class Scheduler:
             created=now,
             next_attempt=now,
             size=len(report),
+            smtputf8=entry.smtputf8,
         )
         created = await self.run_blocking(self.spool.create, report_entry, [report])
         if not created:

@@ -84,6 +84,8 @@ class Entry:
     envid: str | None = None
     # How many reports this entry has caused; numbers their queue ids (see Scheduler).
     reports: int = 0
+    # RFC 6531: accepted with SMTPUTF8 (UTF-8 addresses or header fields may be in it).
+    smtputf8: bool = False
 
     def pending(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.status == PENDING]

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from mailserver.message import header_section
 from mailserver.session import Action, Close, Send, StartTLS
 from mailserver.smtp.reply import Reply
 
@@ -67,6 +68,7 @@ class OutboundMessage:
     chunks: tuple[bytes, ...]
     ret: str | None = None  # RFC 3461 §4.3: FULL or HDRS
     envid: str | None = None  # RFC 3461 §4.4, already xtext
+    smtputf8: bool = False  # RFC 6531: accepted with SMTPUTF8, passed on with it
 
     @property
     def size(self) -> int:
@@ -403,12 +405,15 @@ class ClientSession:
             self._settle_all(Result.PERMANENT, refused)
             self._quit()
             return
-        if message.eight_bit and "8BITMIME" not in self.extensions:
+        utf8 = message.smtputf8 and "SMTPUTF8" in self.extensions
+        refused = None if utf8 or not message.smtputf8 else self._needs_smtputf8()
+        if refused is None and message.eight_bit and "8BITMIME" not in self.extensions:
             # RFC 6152 §3: 8-bit content goes only to a server that announces 8BITMIME;
             # we do not convert it to 7 bits, so it is returned (RFC 3463 5.6.3).
             refused = Reply(
                 554, "5.6.3", "8-bit message, and the server does not announce 8BITMIME"
             )
+        if refused is not None:
             self._settle_all(Result.PERMANENT, refused)
             self._quit()
             return
@@ -418,6 +423,8 @@ class ClientSession:
             mail += f" SIZE={message.size}"
         if "8BITMIME" in self.extensions and message.eight_bit:
             mail += " BODY=8BITMIME"  # RFC 6152 §3
+        if utf8:
+            mail += " SMTPUTF8"  # RFC 6531 §3.4
         if dsn and message.ret:
             mail += f" RET={message.ret}"
         if dsn and message.envid:
@@ -518,6 +525,19 @@ class ClientSession:
         result = Result.PERMANENT if reply.permanent else Result.TEMPORARY
         for address in addresses:
             self._settle(address, result, reply)
+
+    def _needs_smtputf8(self) -> Reply | None:
+        """RFC 6531 §3.2: to a server without SMTPUTF8, a message with UTF-8 addresses
+        or UTF-8 header fields cannot go (we do not downgrade them); one with neither
+        goes as it is, without the parameter. None: it may go."""
+        addresses = [self.message.mail_from, *(r.address for r in self._batch)]
+        if not all(a.isascii() for a in addresses):
+            return Reply(553, "5.6.7", "UTF-8 address, and the server does not announce SMTPUTF8")
+        if max(header_section(self.message.chunks), default=0) > 0x7F:
+            return Reply(
+                550, "5.6.9", "UTF-8 header fields, and the server does not announce SMTPUTF8"
+            )
+        return None
 
     def _settle_all(self, result: Result, reply: Reply) -> None:
         for rcpt in self.message.recipients:

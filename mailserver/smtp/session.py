@@ -96,6 +96,8 @@ class DeliverMessage(Effect):
 
 
 _DATA_END = b"."
+# RFC 6531 §3.5: a UTF-8 address in a transaction that did not ask for SMTPUTF8.
+_NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter of MAIL")
 # RFC 4954 §4: AUTH command and response lines may be up to 12288 octets.
 MAX_AUTH_LINE = 12288
 # RFC 3461 §4: xtext, "+XX" escapes for octets outside "!" to "~" and for "+" and "=".
@@ -235,11 +237,15 @@ class SMTPSession:
 
     def _command(self, line: bytes) -> None:
         try:
-            text = line.decode("ascii")
+            text = line.decode("utf-8")
         except UnicodeDecodeError:
-            self._error(Reply(500, "5.5.2", "Command contains non-ASCII characters"))
+            self._error(Reply(500, "5.5.2", "Command is not valid UTF-8"))
             return
         verb, _, argument = text.partition(" ")
+        if not text.isascii() and verb.upper() not in ("MAIL", "RCPT"):
+            # RFC 6531 §3.3: UTF-8 only in the paths of MAIL and RCPT.
+            self._error(Reply(500, "5.5.2", "Command contains non-ASCII characters"))
+            return
         handler = getattr(self, f"_do_{verb.upper()}", None) if verb.isalpha() else None
         if handler is None:
             self._error(Reply(500, "5.5.2", "Command not recognized"))
@@ -287,6 +293,7 @@ class SMTPSession:
             f"SIZE {self.limits.max_message_size}",  # RFC 1870
             "8BITMIME",  # RFC 6152
             "ENHANCEDSTATUSCODES",  # RFC 2034
+            "SMTPUTF8",  # RFC 6531
         ]
         if self.role.starttls and not self.tls:
             keywords.append("STARTTLS")  # RFC 3207
@@ -415,11 +422,13 @@ class SMTPSession:
             self._error(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
             return
         try:
-            path = parse_path(argument[5:], allow_null=True)
+            path = parse_path(argument[5:], allow_null=True, utf8=True)
         except PathError as e:
             self._error(Reply(501, "5.1.7", f"Bad sender address: {e}"))
             return
         reply = self._check_mail_params(path.params)
+        if reply is None and not argument.isascii() and "SMTPUTF8" not in path.params:
+            reply = _NEEDS_SMTPUTF8
         if reply is not None:
             self._error(reply)
             return
@@ -452,6 +461,10 @@ class SMTPSession:
                     return reply
             elif keyword == "AUTH":
                 pass  # RFC 4954 §5: the original submitter, for relays; we keep our own
+            elif keyword == "SMTPUTF8":
+                # RFC 6531 §3.4: a parameter without a value.
+                if value is not None:
+                    return Reply(501, "5.5.4", "Syntax: SMTPUTF8 (without a value)")
             elif keyword == "BODY":
                 # RFC 6152 §2
                 if value is None or value.upper() not in ("7BIT", "8BITMIME"):
@@ -472,9 +485,12 @@ class SMTPSession:
                 # RFC 5321 §4.5.1: <Postmaster> without a domain must be accepted.
                 path = Path(self.postmaster, {})
             else:
-                path = parse_path(argument[3:], allow_null=False)
+                path = parse_path(argument[3:], allow_null=False, utf8=True)
         except PathError as e:
             self._error(Reply(501, "5.1.3", f"Bad recipient address: {e}"))
+            return
+        if not argument.isascii() and "SMTPUTF8" not in self.envelope.params:
+            self._error(_NEEDS_SMTPUTF8)
             return
         reply = self._check_rcpt_params(path.params)
         if reply is not None:
@@ -579,8 +595,10 @@ class SMTPSession:
 
     def _received_header(self, envelope: Envelope) -> bytes:
         """RFC 5321 §4.4: the trace line this server adds."""
-        # RFC 3848: ESMTPS for TLS, ESMTPA for AUTH, ESMTPSA for both.
-        protocol = "ESMTP" if self.esmtp else "SMTP"
+        # RFC 3848: ESMTPS for TLS, ESMTPA for AUTH, ESMTPSA for both; RFC 6531 §4.3:
+        # UTF8SMTP (and UTF8SMTPS, ...) for a transaction with SMTPUTF8.
+        utf8 = "SMTPUTF8" in envelope.params
+        protocol = "UTF8SMTP" if utf8 else "ESMTP" if self.esmtp else "SMTP"
         if self.esmtp:
             protocol += ("S" if self.tls else "") + ("A" if self.auth_user else "")
         recipient = f"\r\n\tfor <{envelope.rcpt_to[0]}>" if len(envelope.rcpt_to) == 1 else ""
@@ -591,7 +609,7 @@ class SMTPSession:
             f"Received: from {envelope.helo} ({literal})\r\n"
             f"\tby {self.hostname} (mailserver) with {protocol} id {envelope.queue_id}"
             f"{recipient};\r\n\t{date}\r\n"
-        ).encode("ascii", "replace")
+        ).encode("utf-8" if utf8 else "ascii", "replace")
 
 
 class _DataReader:

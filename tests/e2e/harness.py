@@ -40,7 +40,7 @@ def write_config(
         return f'["tcp:{ports.get(name, 0)}:interface=127.0.0.1"]'
 
     path = os.path.join(directory, "mailserver.toml")
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         f.write(
             f"""
 [server]
@@ -60,6 +60,7 @@ passwd_file = "passwd"
 [accounts.aliases]
 "postmaster@example.test" = ["alice@example.test"]
 "office@example.test" = ["alice@example.test", "bob@example.test"]
+"büro@example.test" = ["alice@example.test"]
 
 [listeners]
 smtp = {listener("smtp")}

@@ -122,7 +122,11 @@ class Outbound(unittest.TestCase):
         local: list[tuple[str, list[str], bytes]] = []
 
         def local_deliver(
-            mail_from: str, rcpts: Sequence[str], chunks: Sequence[bytes], sid: str
+            mail_from: str,
+            rcpts: Sequence[str],
+            chunks: Sequence[bytes],
+            sid: str,
+            unique: str | None = None,
         ) -> defer.Deferred[None]:
             local.append((mail_from, list(rcpts), b"".join(chunks)))
             return defer.succeed(None)

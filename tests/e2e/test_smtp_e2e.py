@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import imaplib
 import os
 import shutil
 import smtplib
@@ -63,6 +64,45 @@ class SMTPEndToEnd(ServerTestCase):
         self.assertEqual(
             e.exception.recipients["someone@elsewhere.example"], (550, b"5.7.1 Relaying denied")
         )
+
+    async def test_smtputf8_to_a_utf8_alias_with_smtplib_then_imap(self) -> None:
+        """RFC 6531 end to end: smtplib sends UTF-8 paths and a UTF-8 header with
+        SMTPUTF8; without it the UTF-8 recipient is refused; imaplib reads it back."""
+        await self.start_server()
+        message = "From: pelé@bücher.example\r\nSubject: Grüße\r\n\r\nhallo\r\n".encode()
+
+        def go() -> tuple[dict, tuple[int, bytes]]:
+            with smtplib.SMTP("127.0.0.1", self.ports["smtp"], timeout=30) as client:
+                client.ehlo()
+                self.assertTrue(client.has_extn("smtputf8"))
+                refused = client.sendmail(
+                    "pelé@bücher.example", ["büro@example.test"], message, ["SMTPUTF8"]
+                )
+                client.command_encoding = "utf-8"
+                client.putcmd("MAIL", "FROM:<pelé@bücher.example>")
+                without = client.getreply()
+                return refused, without
+
+        refused, without = await threads.deferToThread(go)
+        self.assertEqual(refused, {})
+        self.assertEqual(without[0], 553)
+        self.assertTrue(without[1].startswith(b"5.6.7 "))
+        (stored,) = delivered(self.maildir(ALICE))
+        self.assertTrue(
+            stored.startswith("Return-Path: <pelé@xn--bcher-kva.example>\r\n".encode())
+        )
+        self.assertIn(b" with UTF8SMTP id ", stored)
+        self.assertIn("for <büro@example.test>;".encode(), stored)
+        self.assertEqual(body_of(stored), message)
+
+        def fetch() -> bytes:
+            with imaplib.IMAP4("127.0.0.1", self.ports["imap"]) as imap:
+                imap.login(ALICE, "secret")
+                imap.select("INBOX")
+                _, data = imap.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+                return data[0][1]
+
+        self.assertEqual(await threads.deferToThread(fetch), "Subject: Grüße\r\n\r\n".encode())
 
     async def test_ten_mebibyte_eight_bit_message(self) -> None:
         await self.start_server()

@@ -80,6 +80,30 @@ def test_passwd_file_parsing(tmp_path) -> None:
         read_passwd(str(path))
 
 
+def test_utf8_local_parts(tmp_path) -> None:
+    """RFC 6531 addresses: a UTF-8 account and alias, found under either Unicode
+    spelling (NFC is the key and the directory name); names that could mislead or
+    escape are still refused."""
+    from mailserver.names import BadName, split_address
+
+    path = tmp_path / "passwd"
+    path.write_text("jösé@example.test:{PLAIN}pw\n", encoding="utf-8")
+    directory = Directory(
+        ("example.test",), str(path), {"команда@example.test": ("jösé@example.test",)}
+    )
+    nfd = "jo\u0308se\u0301@example.test"
+    assert directory.resolve(nfd) == ["jösé@example.test"]
+    assert directory.resolve("JÖSÉ@example.test") == ["jösé@example.test"]
+    assert directory.resolve("команда@example.test") == ["jösé@example.test"]
+    assert directory.resolve("jösé+tag@example.test") == ["jösé@example.test"]
+    assert split_address(nfd) == ("jösé", "example.test")
+    for bad in ("a\u202eb@x.example", "a\u00a0b@x.example", "a\x85b@x.example", "é.@x.example"):
+        with pytest.raises(BadName):
+            split_address(bad)
+    with pytest.raises(BadName, match="too long"):
+        split_address("é" * 33 + "@x.example")
+
+
 class DirectoryTests(unittest.TestCase):
     def setUp(self) -> None:
         self.path = self.mktemp()

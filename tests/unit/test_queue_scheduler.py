@@ -33,6 +33,7 @@ class FakeTransport:
     def __init__(self) -> None:
         self.script: dict[str, list[Delivery]] = {}
         self.calls: list[tuple[str, tuple[str, ...]]] = []
+        self.messages: list[OutboundMessage] = []
         self.held: list[defer.Deferred[dict[str, Delivery]]] = []
         self.hold = False
         self.hold_domains: set[str] = set()
@@ -42,6 +43,7 @@ class FakeTransport:
     ) -> defer.Deferred[dict[str, Delivery]]:
         addresses = tuple(r.address for r in message.recipients)
         self.calls.append((domain, addresses))
+        self.messages.append(message)
         result = {a: self.script[a].pop(0) if self.script.get(a) else OK for a in addresses}
         if self.hold or domain in self.hold_domains:
             d: defer.Deferred[dict[str, Delivery]] = defer.Deferred()
@@ -215,6 +217,30 @@ def test_a_crash_after_a_local_report_does_not_deliver_it_twice(tmp_path: Any) -
     inbox = tmp_path / "mail" / "example.test" / "alice"
     assert len(os.listdir(inbox / "new")) == 1
     assert h.spool.ids() == []
+
+
+def test_smtputf8_is_kept_in_the_spool_and_its_reports_are_global(h: Harness) -> None:
+    """RFC 6531: a message taken with SMTPUTF8 goes out with it, after a restart too;
+    RFC 6533: a report about it is a global one, with UTF-8 addresses as such."""
+    h.transport.script["jösé@example.net"] = [LATER, NO]
+    queue_id = h.enqueue("pelé@remote.example", ["jösé@example.net"], params={"SMTPUTF8": None})
+    h.clock.advance(0)
+    assert h.spool.load(queue_id).smtputf8
+    h.scheduler.stop()
+    h.scheduler = h.new()
+    h.start()
+    h.clock.advance(300)
+    # Two attempts, then the report, to the sender's domain, with SMTPUTF8 too.
+    assert [m.smtputf8 for m in h.transport.messages] == [True, True, True]
+    assert h.transport.calls[-1] == ("remote.example", ("pelé@remote.example",))
+    report = b"".join(h.transport.messages[-1].chunks)
+    parsed = email.message_from_bytes(report, policy=email.policy.default)
+    text, status, original = parsed.get_payload()
+    assert text.get_content_type() == "text/plain"
+    assert status.get_content_type() == "message/global-delivery-status"
+    assert original.get_content_type() == "message/global-headers"
+    assert "Final-Recipient: utf-8; jösé@example.net" in report.decode("utf-8")
+    assert "To: <pelé@remote.example>" in report.decode("utf-8")
 
 
 def test_no_report_to_null_sender_and_notify_never(h: Harness) -> None:

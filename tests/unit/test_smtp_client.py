@@ -364,6 +364,50 @@ def test_8bit_message_to_a_server_without_8bitmime_is_returned_unsent() -> None:
     assert c.feed(b"250-hi\r\n250 PIPELINING\r\n").startswith(b"MAIL FROM:<s@example.test>")
 
 
+def test_smtputf8_is_passed_on_to_a_server_that_announces_it() -> None:
+    body = "Subject: Grüße\r\n\r\nhallo\r\n".encode()
+    msg = OutboundMessage(
+        "pelé@example.test", (OutboundRecipient("jösé@example.net"),), (body,), smtputf8=True
+    )
+    c = new(msg, tls=TLSPolicy.NEVER)
+    c.feed(b"220 hi\r\n")
+    out = c.feed(b"250-hi\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+    assert out == (
+        "MAIL FROM:<pelé@example.test> BODY=8BITMIME SMTPUTF8\r\n"
+        "RCPT TO:<jösé@example.net>\r\nDATA\r\n"
+    ).encode()
+    assert c.feed(b"250 ok\r\n250 ok\r\n354 go\r\n") == body + b".\r\n"
+
+
+@pytest.mark.parametrize(
+    ("sender", "rcpt", "body", "expected"),
+    [
+        ("pelé@example.test", "a@example.net", b"Subject: x\r\n\r\nhi\r\n", (553, "5.6.7")),
+        ("s@example.test", "jösé@example.net", b"Subject: x\r\n\r\nhi\r\n", (553, "5.6.7")),
+        ("s@example.test", "a@example.net", "Subject: Grüße\r\n\r\n".encode(), (550, "5.6.9")),
+        # Nothing in it needs SMTPUTF8 (an 8-bit body is 8BITMIME's business): sent as is.
+        ("s@example.test", "a@example.net", "Subject: x\r\n\r\né\r\n".encode(), None),
+    ],
+)
+def test_smtputf8_message_to_a_server_without_it(
+    sender: str, rcpt: str, body: bytes, expected: tuple[int, str] | None
+) -> None:
+    """RFC 6531 §3.2: no UTF-8 address and no UTF-8 header field to a server without
+    SMTPUTF8; we do not downgrade them, so the message is returned."""
+    msg = OutboundMessage(sender, (OutboundRecipient(rcpt),), (body,), smtputf8=True)
+    c = new(msg, tls=TLSPolicy.NEVER)
+    c.feed(b"220 hi\r\n")
+    out = c.feed(b"250-hi\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+    if expected is None:
+        assert out.startswith(b"MAIL FROM:<s@example.test> BODY=8BITMIME\r\n")
+        assert b"SMTPUTF8" not in out
+        return
+    assert out == b"QUIT\r\n"
+    outcome = c.session.outcome.recipients[rcpt]
+    assert outcome.result is Result.PERMANENT
+    assert (outcome.reply.code, outcome.reply.enhanced) == expected
+
+
 def test_no_command_with_cr_or_lf_is_ever_written() -> None:
     bad = OutboundMessage(
         "s@example.test", (OutboundRecipient("a@example.net\r\nRSET"),), (b"x\r\n",)

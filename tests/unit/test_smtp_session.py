@@ -103,6 +103,7 @@ def test_ehlo_advertises_exactly_what_works() -> None:
         b"250-SIZE 33554432\r\n"
         b"250-8BITMIME\r\n"
         b"250-ENHANCEDSTATUSCODES\r\n"
+        b"250-SMTPUTF8\r\n"
         b"250 HELP\r\n"
     )
 
@@ -246,7 +247,8 @@ def test_command_line_too_long_keeps_session_usable() -> None:
 def test_unknown_and_non_ascii_commands() -> None:
     t = ehlo()
     assert t.send(b"FOO\r\n") == b"500 5.5.2 Command not recognized\r\n"
-    assert t.send(b"NOOP \xff\r\n") == b"500 5.5.2 Command contains non-ASCII characters\r\n"
+    assert t.send(b"NOOP \xff\r\n") == b"500 5.5.2 Command is not valid UTF-8\r\n"
+    assert t.send("NOOP é\r\n".encode()) == b"500 5.5.2 Command contains non-ASCII characters\r\n"
     assert t.send(b"VRFY alice\r\n") == (b"252 2.5.0 Cannot VRFY user, but will accept message\r\n")
     assert t.send(b"EXPN list\r\n") == b"502 5.5.1 EXPN not available\r\n"
     assert t.send(b"HELP\r\n").startswith(b"214-2.0.0 Commands:")
@@ -377,6 +379,90 @@ def test_any_text_either_parses_or_raises_path_error(text: str) -> None:
         parse_path(text, allow_null=True)
     except PathError:
         pass
+
+
+def test_smtputf8_transaction_with_utf8_addresses() -> None:
+    """RFC 6531: with SMTPUTF8 on MAIL, the paths may be UTF-8 (the domain becomes its
+    A-label), and the Received field says UTF8SMTP (§4.3)."""
+    LOCAL.add("jösé@example.test")
+    try:
+        t = ehlo()
+        out = t.send(
+            "MAIL FROM:<pelé@bücher.example> SMTPUTF8 BODY=8BITMIME\r\n"
+            "RCPT TO:<jösé@example.test>\r\nDATA\r\n".encode()
+        )
+        assert out == (
+            b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n"
+            b"354 End data with <CR><LF>.<CR><LF>\r\n"
+        )
+        assert t.send("Subject: Grüße\r\n\r\nhi\r\n.\r\n".encode()) == b"250 2.0.0 OK queued\r\n"
+    finally:
+        LOCAL.discard("jösé@example.test")
+    (delivery,) = t.delivered
+    assert delivery.envelope.mail_from == "pelé@xn--bcher-kva.example"
+    assert delivery.envelope.rcpt_to == ["jösé@example.test"]
+    assert "SMTPUTF8" in delivery.envelope.params
+    received = delivery.chunks[0].decode("utf-8")
+    assert "with UTF8SMTP id sid1.1\r\n\tfor <jösé@example.test>;" in received
+    assert b"".join(delivery.chunks[1:]) == "Subject: Grüße\r\n\r\nhi\r\n".encode()
+
+
+def test_utf8_addresses_need_smtputf8() -> None:
+    t = ehlo()
+    refused = b"553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter of MAIL\r\n"
+    assert t.send("MAIL FROM:<pelé@example.org>\r\n".encode()) == refused
+    # A U-label domain is UTF-8 on the wire too, even though it has an ASCII A-label.
+    assert t.send("MAIL FROM:<a@bücher.example>\r\n".encode()) == refused
+    assert t.send(b"MAIL FROM:<a@xn--bcher-kva.example>\r\n") == b"250 2.1.0 Sender OK\r\n"
+    assert t.send("RCPT TO:<jösé@example.test>\r\n".encode()) == refused
+    t.send(b"RSET\r\n")
+    assert t.send(b"MAIL FROM:<a@example.org> SMTPUTF8=yes\r\n") == (
+        b"501 5.5.4 Syntax: SMTPUTF8 (without a value)\r\n"
+    )
+    assert t.send("MAIL FROM:<a@bü--x.example> SMTPUTF8\r\n".encode()).startswith(
+        b"501 5.1.7 Bad sender address: bad internationalized domain"
+    )
+    # Invalid UTF-8 is not a UTF-8 address.
+    assert t.send(b"MAIL FROM:<p\xe9@example.org> SMTPUTF8\r\n") == (
+        b"500 5.5.2 Command is not valid UTF-8\r\n"
+    )
+    helo = started()
+    helo.send(b"HELO client.example.org\r\n")
+    assert helo.send(b"MAIL FROM:<a@example.org> SMTPUTF8\r\n") == (
+        b"555 5.5.4 MAIL parameters need EHLO\r\n"
+    )
+
+
+def test_utf8_local_part_length_is_counted_in_octets() -> None:
+    from mailserver.smtp.address import PathError, parse_path
+
+    parse_path(f"<{'é' * 32}@example.org>", allow_null=False, utf8=True)  # 64 octets
+    try:
+        parse_path(f"<{'é' * 33}@example.org>", allow_null=False, utf8=True)
+    except PathError as e:
+        assert "too long" in str(e)
+    else:
+        raise AssertionError("a 66-octet local part was accepted")
+
+
+@given(
+    st.lists(
+        st.text(st.characters(min_codepoint=0xA0, max_codepoint=0x2FFF), min_size=1, max_size=5),
+        min_size=1,
+        max_size=3,
+    ).map(".".join),
+)
+def test_utf8_local_parts_parse_back_only_with_utf8(local: str) -> None:
+    from mailserver.smtp.address import PathError, parse_path
+
+    path = parse_path(f"<{local}@example.org> SMTPUTF8", allow_null=False, utf8=True)
+    assert path.address == f"{local}@example.org"
+    try:
+        parse_path(f"<{local}@example.org>", allow_null=False)
+    except PathError:
+        pass
+    else:
+        raise AssertionError("a UTF-8 local part parsed without SMTPUTF8")
 
 
 def test_received_header_tags_an_ipv6_peer() -> None:
