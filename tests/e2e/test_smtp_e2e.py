@@ -88,9 +88,7 @@ class SMTPEndToEnd(ServerTestCase):
         self.assertEqual(without[0], 553)
         self.assertTrue(without[1].startswith(b"5.6.7 "))
         (stored,) = delivered(self.maildir(ALICE))
-        self.assertTrue(
-            stored.startswith("Return-Path: <pelé@xn--bcher-kva.example>\r\n".encode())
-        )
+        self.assertTrue(stored.startswith("Return-Path: <pelé@xn--bcher-kva.example>\r\n".encode()))
         self.assertIn(b" with UTF8SMTP id ", stored)
         self.assertIn("for <büro@example.test>;".encode(), stored)
         self.assertEqual(body_of(stored), message)

@@ -372,10 +372,13 @@ def test_smtputf8_is_passed_on_to_a_server_that_announces_it() -> None:
     c = new(msg, tls=TLSPolicy.NEVER)
     c.feed(b"220 hi\r\n")
     out = c.feed(b"250-hi\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
-    assert out == (
-        "MAIL FROM:<pelé@example.test> BODY=8BITMIME SMTPUTF8\r\n"
-        "RCPT TO:<jösé@example.net>\r\nDATA\r\n"
-    ).encode()
+    assert (
+        out
+        == (
+            "MAIL FROM:<pelé@example.test> BODY=8BITMIME SMTPUTF8\r\n"
+            "RCPT TO:<jösé@example.net>\r\nDATA\r\n"
+        ).encode()
+    )
     assert c.feed(b"250 ok\r\n250 ok\r\n354 go\r\n") == body + b".\r\n"
 
 
