@@ -11,10 +11,11 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
 from twisted.logger import Logger
 
+from mailserver.queue.downgrade import to_7bit
 from mailserver.queue.mx import MXHost, MXResolver, RouteError
 from mailserver.smtp.client import (
     ClientSession,
@@ -95,9 +96,23 @@ class SMTPTransport:
             result = Result.PERMANENT if e.reply.permanent else Result.TEMPORARY
             return {r.address: Delivery(result, e.reply) for r in message.recipients}
         tries = [(host, address) for host in hosts for address in host.addresses][:MAX_TRIES]
+        seven_bit: OutboundMessage | None = None
         for host, address in tries:
             remote = f"{host.name} [{address}]"
             outcome = await self._session(host, address, message, queue_id, settings.mx_tls)
+            if outcome.needs_7bit:
+                # RFC 6152 §3: this host does not take 8 bits; converted once (off the
+                # reactor), the message goes to it again in 7 bits, or is returned.
+                if seven_bit is None:
+                    seven_bit = await self._seven_bit(message)
+                if seven_bit is not None:
+                    log.info(
+                        "queue {id}: {remote} does not announce 8BITMIME, sending it in 7 bits",
+                        id=queue_id,
+                        remote=remote,
+                    )
+                    message = dataclasses.replace(seven_bit, recipients=message.recipients)
+                    outcome = await self._session(host, address, message, queue_id, settings.mx_tls)
             if (
                 outcome.tls_failed
                 and not settings.relay_host
@@ -131,6 +146,16 @@ class SMTPTransport:
                 break
             message = dataclasses.replace(message, recipients=tuple(still_open))
         return results
+
+    async def _seven_bit(self, message: OutboundMessage) -> OutboundMessage | None:
+        """The message converted to 7 bits (in a thread: it reads every octet), or None
+        when it cannot be (8-bit header fields, ...)."""
+        converted = await threads.deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), to_7bit, b"".join(message.chunks)
+        )
+        if converted is None:
+            return None
+        return dataclasses.replace(message, chunks=(converted,))
 
     async def _session(
         self,

@@ -102,6 +102,9 @@ class Outcome:
     # The connection ended after STARTTLS (or with implicit TLS) before the server
     # answered inside TLS: most likely the handshake failed.
     tls_failed: bool = False
+    # An 8-bit message and a server without 8BITMIME: nothing was sent; the message
+    # may go to this server once converted to 7 bits (queue/downgrade.py).
+    needs_7bit: bool = False
 
 
 class DotStuffer:
@@ -408,10 +411,14 @@ class ClientSession:
         utf8 = message.smtputf8 and "SMTPUTF8" in self.extensions
         refused = None if utf8 or not message.smtputf8 else self._needs_smtputf8()
         if refused is None and message.eight_bit and "8BITMIME" not in self.extensions:
-            # RFC 6152 §3: 8-bit content goes only to a server that announces 8BITMIME;
-            # we do not convert it to 7 bits, so it is returned (RFC 3463 5.6.3).
+            # RFC 6152 §3: 8-bit content goes only to a server that announces 8BITMIME.
+            # The conversion to 7 bits is the transport's (in a thread, not here on the
+            # reactor); if it cannot be done, this reply stands (RFC 3463 5.6.3).
+            self.outcome.needs_7bit = True
             refused = Reply(
-                554, "5.6.3", "8-bit message, and the server does not announce 8BITMIME"
+                554,
+                "5.6.3",
+                "the server does not announce 8BITMIME, and the message cannot be sent in 7 bits",
             )
         if refused is not None:
             self._settle_all(Result.PERMANENT, refused)

@@ -30,6 +30,8 @@ class Peer:
     first time), defer (451 always), hold (never answers the end of DATA)."""
 
     mode: str = "accept"
+    # EHLO keywords this peer does not announce (an old server: {"8BITMIME"}).
+    without: frozenset[str] = frozenset()
     received: list[Received] = field(default_factory=list)
     held: list[defer.Deferred[Reply]] = field(default_factory=list)
     deferred_once: bool = False
@@ -58,8 +60,18 @@ class _PeerFactory(Factory):
         self.peer = peer
 
     def buildProtocol(self, addr: Any) -> Protocol:
-        session = SMTPSession("peer.test", "client", "p", SMTPLimits(), "postmaster@peer.test")
+        session = _OldSession("peer.test", "client", "p", SMTPLimits(), "postmaster@peer.test")
+        session.without = self.peer.without
         return SessionProtocol(session, self.peer.run_effect, 60)
+
+
+class _OldSession(SMTPSession):
+    """Our server session, announcing less than it can (an older server)."""
+
+    without: frozenset[str] = frozenset()
+
+    def extensions(self) -> list[str]:
+        return [k for k in super().extensions() if k.split()[0] not in self.without]
 
 
 class _Silent(Protocol):

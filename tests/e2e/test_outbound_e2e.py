@@ -270,6 +270,57 @@ class Outbound(unittest.TestCase):
         await wait_for(lambda: len(peer.received) == 1)
         self.assertEqual(peer.received[0].rcpt_to, ["u@six.test"])
 
+    async def test_8bit_message_to_an_mx_without_8bitmime_goes_in_7_bits(self) -> None:
+        """RFC 6152 §3: a peer without 8BITMIME gets the message converted (text as
+        quoted-printable, the rest base64); one with 8-bit header fields is returned."""
+        dns_port = listen_dns(
+            reactor,
+            "old.test",
+            {"old.test": [mx(10, "mx.old.test")], "mx.old.test": [a("127.0.0.9")]},
+        )
+        self.addCleanup(dns_port.stopListening)
+        peer = Peer("accept", without=frozenset({"8BITMIME", "SMTPUTF8"}))
+        listening = listen_peer(reactor, "127.0.0.9", 0, peer)
+        self.addCleanup(listening.stopListening)
+        extra = QUEUE_TOML.format(dns=dns_port.getHost().port, port=listening.getHost().port)
+        local: list[bytes] = []
+
+        def local_deliver(
+            mail_from: str,
+            rcpts: Sequence[str],
+            chunks: Sequence[bytes],
+            sid: str,
+            unique: str | None = None,
+        ) -> defer.Deferred[None]:
+            local.append(b"".join(chunks))
+            return defer.succeed(None)
+
+        service = QueueService(
+            load(write_config(os.path.abspath(self.mktemp()), extra=extra)), local_deliver, reactor
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        await service.started
+        text = "Grüße aus Köln\r\n".encode() * 3
+        message = (
+            b"Subject: eight\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: 8bit\r\n\r\n" + text
+        )
+        await service.enqueue(ALICE, ["u@old.test"], [message])
+        await service.enqueue(ALICE, ["v@old.test"], ["Subject: Grüße\r\n\r\nhi\r\n".encode()])
+        await wait_for(lambda: len(peer.received) == 1 and len(local) == 1)
+        (got,) = peer.received
+        self.assertEqual(got.rcpt_to, ["u@old.test"])
+        self.assertLess(max(got.data), 0x80)
+        self.assertIn(b"Content-Transfer-Encoding: quoted-printable\r\n", got.data)
+        parsed = email.message_from_bytes(got.data, policy=email.policy.default)
+        self.assertEqual(parsed["Subject"], "eight")
+        self.assertEqual(parsed.get_payload(decode=True), text)
+        report = email.message_from_bytes(local[0], policy=email.policy.default)
+        status = report.get_payload()[1].get_payload()[1]
+        self.assertEqual(status["Final-Recipient"], "rfc822; v@old.test")
+        self.assertEqual(status["Status"], "5.6.3")
+
     async def test_kill_9_with_messages_spooled(self) -> None:
         """The real server: messages submitted over the MSA are spooled (250), the server
         is killed while deliveries hang in DATA, and after a restart every recipient

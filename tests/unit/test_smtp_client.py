@@ -352,16 +352,20 @@ def test_each_complete_reply_restarts_the_timer_for_the_next() -> None:
 
 
 def test_8bit_message_to_a_server_without_8bitmime_is_returned_unsent() -> None:
-    """RFC 6152 §3: no 8-bit data to a server that does not announce 8BITMIME."""
+    """RFC 6152 §3: no 8-bit data to a server that does not announce 8BITMIME; the
+    outcome says that a 7-bit version may go (the transport converts it, off the
+    reactor), and what stands if it cannot."""
     c = new(message("Subject: caf\u00e9\r\n\r\n\u00e9\r\n".encode()), tls=TLSPolicy.NEVER)
     c.feed(b"220 hi\r\n")
     assert c.feed(b"250-hi\r\n250 PIPELINING\r\n") == b"QUIT\r\n"
+    assert c.session.outcome.needs_7bit
     outcome = c.session.outcome.recipients["a@example.net"]
     assert outcome.result is Result.PERMANENT and outcome.reply.enhanced == "5.6.3"
     # A 7-bit message goes to the same server.
     c = new(tls=TLSPolicy.NEVER)
     c.feed(b"220 hi\r\n")
     assert c.feed(b"250-hi\r\n250 PIPELINING\r\n").startswith(b"MAIL FROM:<s@example.test>")
+    assert not c.session.outcome.needs_7bit
 
 
 def test_smtputf8_is_passed_on_to_a_server_that_announces_it() -> None:
