@@ -94,6 +94,22 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None
         await task.deferLater(reactor, 0.05, lambda: None)
 
 
+class LocalDeliveries(list[tuple[str, list[str], bytes]]):
+    """The queue's local delivery (reports to local senders), recorded: (sender,
+    recipients, message)."""
+
+    def __call__(
+        self,
+        mail_from: str,
+        rcpts: Sequence[str],
+        chunks: Sequence[bytes],
+        sid: str,
+        unique: str | None = None,
+    ) -> defer.Deferred[None]:
+        self.append((mail_from, list(rcpts), b"".join(chunks)))
+        return defer.succeed(None)
+
+
 class Outbound(unittest.TestCase):
     timeout = 60
 
@@ -119,19 +135,8 @@ class Outbound(unittest.TestCase):
         config = load(
             write_config(directory, extra=QUEUE_TOML.format(dns=self.dns, port=self.port))
         )
-        local: list[tuple[str, list[str], bytes]] = []
-
-        def local_deliver(
-            mail_from: str,
-            rcpts: Sequence[str],
-            chunks: Sequence[bytes],
-            sid: str,
-            unique: str | None = None,
-        ) -> defer.Deferred[None]:
-            local.append((mail_from, list(rcpts), b"".join(chunks)))
-            return defer.succeed(None)
-
-        service = QueueService(config, local_deliver, reactor)
+        local = LocalDeliveries()
+        service = QueueService(config, local, reactor)
         service.startService()
         self.addCleanup(service.stopService)
         await service.started
@@ -283,20 +288,10 @@ class Outbound(unittest.TestCase):
         listening = listen_peer(reactor, "127.0.0.9", 0, peer)
         self.addCleanup(listening.stopListening)
         extra = QUEUE_TOML.format(dns=dns_port.getHost().port, port=listening.getHost().port)
-        local: list[bytes] = []
-
-        def local_deliver(
-            mail_from: str,
-            rcpts: Sequence[str],
-            chunks: Sequence[bytes],
-            sid: str,
-            unique: str | None = None,
-        ) -> defer.Deferred[None]:
-            local.append(b"".join(chunks))
-            return defer.succeed(None)
+        local = LocalDeliveries()
 
         service = QueueService(
-            load(write_config(os.path.abspath(self.mktemp()), extra=extra)), local_deliver, reactor
+            load(write_config(os.path.abspath(self.mktemp()), extra=extra)), local, reactor
         )
         service.startService()
         self.addCleanup(service.stopService)
@@ -316,7 +311,7 @@ class Outbound(unittest.TestCase):
         parsed = email.message_from_bytes(got.data, policy=email.policy.default)
         self.assertEqual(parsed["Subject"], "eight")
         self.assertEqual(parsed.get_payload(decode=True), text)
-        report = email.message_from_bytes(local[0], policy=email.policy.default)
+        report = email.message_from_bytes(local[0][2], policy=email.policy.default)
         status = report.get_payload()[1].get_payload()[1]
         self.assertEqual(status["Final-Recipient"], "rfc822; v@old.test")
         self.assertEqual(status["Status"], "5.6.3")
