@@ -109,16 +109,20 @@ class SubmissionPolicy:
         d.addCallback(lambda _: accepted(envelope))
         return d
 
-    def _report_success(self, envelope: Envelope, local: list[str], parts: Sequence[bytes]) -> None:
+    def _report_success(
+        self, envelope: Envelope, local: list[str], parts: Sequence[bytes]
+    ) -> defer.Deferred[None] | None:
         """RFC 3461 §4.1 NOTIFY=SUCCESS for local recipients: a "delivered" report to
         the (local, authenticated) sender, through the MDA with the null reverse-path.
 
-        The message is already durable: a failure here is logged, not reported back."""
+        The 250 waits for it, so that a crash cannot take a report whose message was
+        acknowledged. The message is already durable: a failure of the report is
+        logged, not reported back."""
         wanted = [
             r for r in local if dsn.wants(_notify(envelope.rcpt_params.get(r, {})), dsn.DELIVERED)
         ]
         if not wanted:
-            return
+            return None
         now = time.time()
         report = dsn.build_report(
             self.hostname,
@@ -137,7 +141,10 @@ class SubmissionPolicy:
             utf8="SMTPUTF8" in envelope.params,
         )
         d = self.mda.deliver("", [envelope.mail_from], [report], envelope.session_id)
-        d.addErrback(lambda f: log.failure("MSA: success report not delivered", f))
+        d.addCallbacks(
+            lambda _: None, lambda f: log.failure("MSA: success report not delivered", f)
+        )
+        return d
 
 
 def _notify(params: Mapping[str, str | None]) -> list[str] | None:

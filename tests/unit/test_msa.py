@@ -130,3 +130,40 @@ def test_a_queue_failure_is_not_acknowledged(directory: Directory) -> None:
     message = b"From: alice@example.test\r\n\r\nbody\r\n"
     failure = result(p.deliver(envelope(["x@elsewhere.example"]), [TRACE, message]))
     assert not isinstance(failure, Reply)  # the SMTP factory turns this into 451 4.3.0
+
+
+class ReportHoldingMDA(FakeMDA):
+    """Delivers messages at once and holds the reports (null sender) until told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reports: list[defer.Deferred[None]] = []
+
+    def deliver(self, mail_from: str, rcpts: list[str], chunks: Sequence[bytes], sid: str):  # type: ignore[no-untyped-def]
+        super().deliver(mail_from, rcpts, chunks, sid)
+        if mail_from:
+            return defer.succeed(None)
+        held: defer.Deferred[None] = defer.Deferred()
+        self.reports.append(held)
+        return held
+
+
+def test_notify_success_report_is_durable_before_the_250(directory: Directory) -> None:
+    """RFC 3461 NOTIFY=SUCCESS to a local recipient: the 250 comes once the report is
+    stored too, so that a crash cannot lose the report of an acknowledged message; a
+    report that fails is logged and the message still gets its 250."""
+    for outcome in ("stored", "failed"):
+        mda = ReportHoldingMDA()
+        p = SubmissionPolicy(directory, None, mda, "mail.example.test", None)  # type: ignore[arg-type]
+        env = envelope([BOB])
+        env.rcpt_params[BOB] = {"NOTIFY": "SUCCESS"}
+        out: list = []
+        message = b"From: alice@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
+        p.deliver(env, [TRACE, message]).addBoth(out.append)
+        assert [c[0] for c in mda.calls] == [ALICE, ""]  # the message, then its report
+        assert out == []
+        if outcome == "stored":
+            mda.reports[0].callback(None)
+        else:
+            mda.reports[0].errback(OSError("disk full"))
+        assert out[0].code == 250
