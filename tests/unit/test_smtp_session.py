@@ -375,10 +375,29 @@ def test_valid_paths_parse_back(local: str, domain: str) -> None:
 def test_any_text_either_parses_or_raises_path_error(text: str) -> None:
     from mailserver.smtp.address import PathError, parse_path
 
+    for utf8 in (False, True):
+        try:
+            parse_path(text, allow_null=True, utf8=utf8)
+        except PathError:
+            pass
+
+
+# Domain characters where IDNA has rules: combining marks, joiners, final sigma, digits
+# of other scripts, compatibility forms, a full-width dot that UTS 46 maps to ".".
+_idna_text = st.text(st.sampled_from("ab0-.üßς\u0301\u200d\u0660\u216b\uff0e\u00a0"), max_size=30)
+
+
+@given(st.sampled_from(["a", "jösé", "x.y", '"a b"']), _idna_text)
+def test_any_utf8_mailbox_either_parses_or_raises_path_error(local: str, domain: str) -> None:
+    """U-label domains go through idna: whatever it refuses is a PathError, not a crash."""
+    from mailserver.smtp.address import PathError, parse_path
+
     try:
-        parse_path(text, allow_null=True)
+        path = parse_path(f"<{local}@{domain}>", allow_null=False, utf8=True)
     except PathError:
-        pass
+        return
+    parsed_local, _, parsed_domain = path.address.rpartition("@")
+    assert parsed_local == local and parsed_domain.isascii()
 
 
 def test_smtputf8_transaction_with_utf8_addresses() -> None:
