@@ -168,3 +168,35 @@ class SMTPEndToEnd(ServerTestCase):
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         (stored,) = delivered(self.maildir(ALICE))
         self.assertIn(b"Subject: swaks", stored)
+
+    async def test_curl_sends_utf8_addresses_with_smtputf8(self) -> None:
+        """curl speaks SMTPUTF8 when the server announces it: its MAIL carries the
+        parameter and the UTF-8 recipient (an alias of alice) is accepted."""
+        curl = shutil.which("curl")
+        if curl is None:
+            self.fail("curl is not installed (make test-tools installs it)")
+        await self.start_server()
+        message = "From: pelé@example.org\r\nSubject: Grüße\r\n\r\nhallo\r\n".encode()
+        result = await threads.deferToThread(
+            subprocess.run,
+            [
+                curl,
+                "-sv",
+                "--url",
+                f"smtp://127.0.0.1:{self.ports['smtp']}",
+                "--mail-from",
+                "pelé@example.org",
+                "--mail-rcpt",
+                "büro@example.test",
+                "--upload-file",
+                "-",
+            ],
+            input=message,
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr.decode(errors="replace"))
+        self.assertIn("> MAIL FROM:<pelé@example.org> SMTPUTF8\r\n".encode(), result.stderr)
+        (stored,) = delivered(self.maildir(ALICE))
+        self.assertEqual(body_of(stored), message)
+        self.assertIn("for <büro@example.test>;".encode(), stored)
