@@ -44,6 +44,53 @@ def sessions_for(store: MaildirStore) -> UserSessions:
     return registry
 
 
+class KeepAlive:
+    """RFC 2177 §3: "* OK Still here" to the IDLE sessions of one registry every
+    KEEPALIVE_INTERVAL, while a session is logged in and a listener of the registry
+    runs. The plaintext and the TLS listener share it, each holding it while it
+    listens, so that stopping one does not stop the other's keep-alives."""
+
+    def __init__(self, sessions: UserSessions, reactor: Any) -> None:
+        self.sessions = sessions
+        self.reactor = reactor
+        self.listeners = 0
+        self._loop: task.LoopingCall | None = None
+        sessions.on_change = self._update
+
+    def hold(self) -> None:
+        self.listeners += 1
+        self._update()
+
+    def release(self) -> None:
+        self.listeners -= 1
+        self._update()
+
+    def _update(self) -> None:
+        if self.listeners > 0 and self.sessions.all():
+            if self._loop is None:
+                self._loop = task.LoopingCall(self._keep_alive)
+                self._loop.clock = self.reactor
+                self._loop.start(KEEPALIVE_INTERVAL, now=False)
+        elif self._loop is not None:
+            self._loop.stop()
+            self._loop = None
+
+    def _keep_alive(self) -> None:
+        for session in self.sessions.all():
+            session.keepalive()
+
+
+_keepalives: weakref.WeakKeyDictionary[UserSessions, KeepAlive] = weakref.WeakKeyDictionary()
+
+
+def keepalive_for(sessions: UserSessions, reactor: Any) -> KeepAlive:
+    """The one keep-alive of this registry of sessions."""
+    keepalive = _keepalives.get(sessions)
+    if keepalive is None:
+        keepalive = _keepalives[sessions] = KeepAlive(sessions, reactor)
+    return keepalive
+
+
 class IMAPFactory(LimitedFactory):
     refusal = b"* BYE Too many connections, try again later\r\n"
 
@@ -64,8 +111,7 @@ class IMAPFactory(LimitedFactory):
     ) -> None:
         super().__init__("IMAP", max_connections, max_connections_per_client)
         self.sessions = sessions if sessions is not None else sessions_for(store)
-        self.sessions.on_change = self._sessions_changed
-        self._keepalive: task.LoopingCall | None = None
+        self.keepalive = keepalive_for(self.sessions, reactor)
         self.tls = tls
         self.implicit_tls = implicit_tls
         self.allow_plaintext_on_loopback = allow_plaintext_on_loopback
@@ -128,23 +174,8 @@ class IMAPFactory(LimitedFactory):
 
         return SessionSpec(session, run, self.idle_timeout)
 
+    def startFactory(self) -> None:
+        self.keepalive.hold()
+
     def stopFactory(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.stop()
-            self._keepalive = None
-
-    def _sessions_changed(self) -> None:
-        """Run the IDLE keep-alive only while some session is logged in (the registry is
-        shared, so the last factory built keeps every listener's sessions alive)."""
-        if self.sessions.all():
-            if self._keepalive is None:
-                self._keepalive = task.LoopingCall(self._keep_alive)
-                self._keepalive.clock = self.reactor
-                self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
-        elif self._keepalive is not None:
-            self._keepalive.stop()
-            self._keepalive = None
-
-    def _keep_alive(self) -> None:
-        for session in self.sessions.all():
-            session.keepalive()
+        self.keepalive.release()

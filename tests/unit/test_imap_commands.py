@@ -572,6 +572,7 @@ def test_autologout_after_30_minutes_and_keepalives_in_idle(mail3: Mail) -> None
         allow_plaintext_on_loopback=True,
         sessions=UserSessions(),
     )
+    factory.doStart()  # as its listening port does
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     proto.callLater = clock.callLater  # type: ignore[attr-defined]
     transport = StringTransport()
@@ -589,6 +590,48 @@ def test_autologout_after_30_minutes_and_keepalives_in_idle(mail3: Mail) -> None
     clock.advance(1)  # 1800 seconds after the client last spoke
     assert transport.value().endswith(b"* BYE Autologout; idle for too long\r\n")
     assert transport.disconnecting
+
+
+def test_keepalive_is_shared_by_the_listeners_of_one_registry(mail3: Mail) -> None:
+    """The plaintext and the TLS listener have a factory each and one registry of
+    sessions: either one stopping (a listener closed) leaves the keep-alives of the
+    sessions to the one still listening; with none listening, or no session logged
+    in, no timer runs."""
+    clock = MemoryReactorClock()
+    sessions = UserSessions()
+
+    def factory() -> IMAPFactory:
+        return IMAPFactory(
+            mail3.store,
+            AnyPassword(),  # type: ignore[arg-type]
+            IMAPLimits(),
+            1800.0,
+            "imap.test",
+            clock,
+            allow_plaintext_on_loopback=True,
+            sessions=sessions,
+        )
+
+    plain, tls = factory(), factory()
+    assert plain.keepalive is tls.keepalive
+    plain.doStart()
+    tls.doStart()
+    proto = tls.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+    proto.callLater = clock.callLater  # type: ignore[attr-defined]
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    assert len(clock.getDelayedCalls()) == 1  # the session's idle timer, no keep-alive yet
+    proto.dataReceived(b"a LOGIN alice secret\r\ns SELECT INBOX\r\ni IDLE\r\n")
+    tls.doStop()  # the other listener's factory goes on
+    transport.clear()
+    clock.advance(KEEPALIVE_INTERVAL)
+    assert transport.value() == b"* OK Still here\r\n"
+    assert len(clock.getDelayedCalls()) == 2  # the idle timer and the keep-alive
+    plain.doStop()  # no listener left: no keep-alive timer either
+    assert len(clock.getDelayedCalls()) == 1
+    transport.clear()
+    clock.advance(KEEPALIVE_INTERVAL)
+    assert transport.value() == b""
 
 
 # Files of other programs: SELECT lists them, what reports sizes waits for them ----------
