@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailserver.names import BadName, check_domain, normalize_address
+from mailserver.names import BadName, a_label, check_domain, normalize_address
 
 
 class ConfigError(Exception):
@@ -268,7 +268,9 @@ def load(path: str) -> Config:
         sections[name] = _build(path, name, SECTIONS[name], value)
     config = Config(path=path, **sections)
     _check(config)
-    return config
+    # Local domains as their A-labels, the spelling addresses are compared in.
+    local = tuple(a_label(d) for d in config.domains.local)
+    return dataclasses.replace(config, domains=dataclasses.replace(config.domains, local=local))
 
 
 def _build(path: str, section: str, cls: type, values: dict[str, Any]) -> Any:
@@ -325,7 +327,7 @@ def _check(config: Config) -> None:
     _check_imap(path, config.imap)
     for domain in config.domains.local:
         try:
-            check_domain(domain)
+            check_domain(a_label(domain))
         except BadName as e:
             raise ConfigError(f"{path}: [domains] local: {e}") from None
     for alias, targets in config.accounts.aliases.items():

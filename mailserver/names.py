@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import idna
+
 # RFC 5321 §4.5.3.1.1 / §4.5.3.1.2: local part at most 64 octets, domain at most 255.
 MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
@@ -38,6 +40,7 @@ def split_address(address: str) -> tuple[str, str]:
         # RFC 6530 §10.1: one spelling (NFC) of a UTF-8 name, for keys and directories.
         local = unicodedata.normalize("NFC", local)
     check_local_part(local)
+    domain = a_label(domain)
     check_domain(domain)
     return local, domain.lower()
 
@@ -57,6 +60,18 @@ def check_local_part(local: str) -> None:
         or not unicodedata.is_normalized("NFC", local)
     ):
         raise BadName(f"local part not allowed: {local!r}")
+
+
+def a_label(domain: str) -> str:
+    """A domain as DNS and our keys spell it: a U-label domain (``bücher.example``) as
+    its A-label (``xn--bcher-kva.example``, RFC 5890), checked by the idna package (UTS
+    46 mapping, so case and full-width dots do not matter); an ASCII one as it is."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as e:
+        raise BadName(f"bad internationalized domain: {e}") from None
 
 
 def check_domain(domain: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import idna
+from mailserver.names import BadName, a_label
 
 # RFC 5321 §4.1.2: Local-part = Dot-string / Quoted-string
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
@@ -70,11 +70,10 @@ def parse_path(argument: str, allow_null: bool, utf8: bool = False) -> Path:
         raise PathError("syntax error in address")
     local, domain = match.group("local"), match.group("domain")
     path_octets = len(argument[: match.end()].encode("utf-8"))
-    if not domain.isascii():
-        try:
-            domain = idna.encode(domain, uts46=True).decode("ascii")
-        except idna.IDNAError as e:
-            raise PathError(f"bad internationalized domain: {e}") from None
+    try:
+        domain = a_label(domain)
+    except BadName as e:
+        raise PathError(str(e)) from None
     if (
         len(local.encode("utf-8")) > MAX_LOCAL_PART
         or len(domain) > MAX_DOMAIN

@@ -97,6 +97,7 @@ def test_utf8_local_parts(tmp_path) -> None:
     assert directory.resolve("команда@example.test") == ["jösé@example.test"]
     assert directory.resolve("jösé+tag@example.test") == ["jösé@example.test"]
     assert split_address(nfd) == ("jösé", "example.test")
+    assert split_address("jösé@Bücher.example") == ("jösé", "xn--bcher-kva.example")
     for bad in ("a\u202eb@x.example", "a\u00a0b@x.example", "a\x85b@x.example", "é.@x.example"):
         with pytest.raises(BadName):
             split_address(bad)

@@ -40,6 +40,11 @@ def test_embedded_default_loads() -> None:
         ("[smtp]\nidle_timeout = true\n", "[smtp] idle_timeout: expected a number"),
         ("[listeners]\nsmtp = [1]\n", "[listeners] smtp: expected a string"),
         ("[domains]\nlocal = ['bad_domain!']\n", "[domains] local: domain not allowed"),
+        ("[domains]\nlocal = ['bü--x.example']\n", "[domains] local: bad internationalized"),
+        (
+            "[accounts.aliases]\n'a@bü--x.example' = ['b@example.test']\n",
+            "[accounts] aliases: bad internationalized domain",
+        ),
         ("[listeners]\n", "[listeners]: no listener configured"),
         ("[listeners]\nsmtp = ['foo:25']\n", "[listeners] smtp: 'foo:25': Unknown endpoint type"),
         ("[listeners]\nimap = ['tcp:abc']\n", "[listeners] imap: 'tcp:abc': invalid literal"),
@@ -59,6 +64,17 @@ def test_errors_name_file_and_key(tmp_path, text: str, message: str) -> None:
         load(path)
     assert str(e.value).startswith(path + ": ")
     assert message in str(e.value)
+
+
+def test_a_u_label_local_domain_is_kept_as_its_a_label(tmp_path) -> None:
+    """RFC 5890: bücher.example and xn--bcher-kva.example are one domain; addresses
+    (SMTPUTF8 paths, aliases, accounts) are compared in A-labels, so the list is too."""
+    path = write(
+        tmp_path,
+        "[listeners]\nsmtp = ['tcp:0:interface=127.0.0.1']\n"
+        "[domains]\nlocal = ['Bücher.example', 'example.test']\n",
+    )
+    assert load(path).domains.local == ("xn--bcher-kva.example", "example.test")
 
 
 def test_imap_limits_are_configurable(tmp_path) -> None:
