@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -558,11 +559,9 @@ class AnyPassword:
         return succeed(ALICE if password == "secret" else None)
 
 
-def test_autologout_after_30_minutes_and_keepalives_in_idle(mail3: Mail) -> None:
-    """RFC 3501 §5.4: the autologout timer is the configured 30 minutes; meanwhile a
-    client in IDLE hears a keep-alive every KEEPALIVE_INTERVAL (RFC 2177 §3)."""
-    clock = MemoryReactorClock()
-    factory = IMAPFactory(
+def plain_factory(mail3: Mail, clock: MemoryReactorClock, sessions: UserSessions) -> IMAPFactory:
+    """An IMAP factory on the clock, with a 30-minute autologout, loopback logins allowed."""
+    return IMAPFactory(
         mail3.store,
         AnyPassword(),  # type: ignore[arg-type]
         IMAPLimits(),
@@ -570,13 +569,27 @@ def test_autologout_after_30_minutes_and_keepalives_in_idle(mail3: Mail) -> None
         "imap.test",
         clock,
         allow_plaintext_on_loopback=True,
-        sessions=UserSessions(),
+        sessions=sessions,
     )
-    factory.doStart()  # as its listening port does
+
+
+def connect(factory: IMAPFactory, clock: MemoryReactorClock) -> tuple[Any, StringTransport]:
+    """A loopback client's connection to the factory (its protocol and transport), the
+    protocol's timers on the clock."""
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     proto.callLater = clock.callLater  # type: ignore[attr-defined]
     transport = StringTransport()
     proto.makeConnection(transport)
+    return proto, transport
+
+
+def test_autologout_after_30_minutes_and_keepalives_in_idle(mail3: Mail) -> None:
+    """RFC 3501 §5.4: the autologout timer is the configured 30 minutes; meanwhile a
+    client in IDLE hears a keep-alive every KEEPALIVE_INTERVAL (RFC 2177 §3)."""
+    clock = MemoryReactorClock()
+    factory = plain_factory(mail3, clock, UserSessions())
+    factory.doStart()  # as its listening port does
+    proto, transport = connect(factory, clock)
     proto.dataReceived(b"a LOGIN alice secret\r\ns SELECT INBOX\r\ni IDLE\r\n")
     assert transport.value().endswith(b"+ idling\r\n")
     transport.clear()
@@ -600,26 +613,11 @@ def test_keepalive_is_shared_by_the_listeners_of_one_registry(mail3: Mail) -> No
     clock = MemoryReactorClock()
     sessions = UserSessions()
 
-    def factory() -> IMAPFactory:
-        return IMAPFactory(
-            mail3.store,
-            AnyPassword(),  # type: ignore[arg-type]
-            IMAPLimits(),
-            1800.0,
-            "imap.test",
-            clock,
-            allow_plaintext_on_loopback=True,
-            sessions=sessions,
-        )
-
-    plain, tls = factory(), factory()
+    plain, tls = plain_factory(mail3, clock, sessions), plain_factory(mail3, clock, sessions)
     assert plain.keepalive is tls.keepalive
     plain.doStart()
     tls.doStart()
-    proto = tls.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
-    proto.callLater = clock.callLater  # type: ignore[attr-defined]
-    transport = StringTransport()
-    proto.makeConnection(transport)
+    proto, transport = connect(tls, clock)
     assert len(clock.getDelayedCalls()) == 1  # the session's idle timer, no keep-alive yet
     proto.dataReceived(b"a LOGIN alice secret\r\ns SELECT INBOX\r\ni IDLE\r\n")
     tls.doStop()  # the other listener's factory goes on
