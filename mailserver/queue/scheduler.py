@@ -18,7 +18,7 @@ import datetime
 import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from twisted.internet import defer, task
@@ -355,18 +355,14 @@ class Scheduler:
     ) -> defer.Deferred[dict[str, Delivery]]:
         """Deliver to one domain within the per-domain and overall connection limits; a
         slow domain holds only its own slots."""
-        message = OutboundMessage(
-            mail_from=message.mail_from,
+        message = replace(
+            message,
             recipients=tuple(
                 OutboundRecipient(
                     r.address, tuple(r.notify) if r.notify is not None else None, r.orcpt
                 )
                 for r in rcpts
             ),
-            chunks=message.chunks,
-            ret=message.ret,
-            envid=message.envid,
-            smtputf8=message.smtputf8,
         )
         per_domain = self._per_domain[domain]
 
@@ -480,6 +476,9 @@ class Scheduler:
         """Deliver a report to the sender: locally, or as a new queue entry (returned, to
         be admitted once the parent's state is saved)."""
         entry.reports += 1
+        # Numbered by the parent's saved count: a report sent again after a crash gets
+        # the same id, which the spool, or the store for a local one, recognises.
+        report_id = f"{entry.id}R{entry.reports}"
         sender = entry.mail_from
         domain = sender.rpartition("@")[2].lower()
         log.info(
@@ -487,9 +486,8 @@ class Scheduler:
         )
         if domain in self.policy.local_domains:
             # The parent's state says the report was sent only once it is saved, after
-            # this: a crash in between sends it again, with the same name, which the
-            # store recognises (as the spool recognises the id of a remote one below).
-            unique = f"{int(entry.created)}.{entry.id}R{entry.reports}"
+            # this: a crash in between sends it again, under the same Maildir name.
+            unique = f"{int(entry.created)}.{report_id}"
             try:
                 await self.local_deliver("", [sender], [report], f"dsn-{entry.id}", unique=unique)
             except Exception as e:
@@ -502,7 +500,7 @@ class Scheduler:
             return None
         now = self.clock.seconds()
         report_entry = Entry(
-            id=f"{entry.id}R{entry.reports}",
+            id=report_id,
             mail_from="",
             recipients=[RecipientState(address=sender)],
             created=now,

@@ -96,22 +96,23 @@ class SMTPTransport:
             result = Result.PERMANENT if e.reply.permanent else Result.TEMPORARY
             return {r.address: Delivery(result, e.reply) for r in message.recipients}
         tries = [(host, address) for host in hosts for address in host.addresses][:MAX_TRIES]
-        seven_bit: OutboundMessage | None = None
+        converted = False
         for host, address in tries:
             remote = f"{host.name} [{address}]"
             outcome = await self._session(host, address, message, queue_id, settings.mx_tls)
-            if outcome.needs_7bit:
-                # RFC 6152 §3: this host does not take 8 bits; converted once (off the
-                # reactor), the message goes to it again in 7 bits, or is returned.
-                if seven_bit is None:
-                    seven_bit = await self._seven_bit(message)
+            if outcome.needs_7bit and not converted:
+                # RFC 6152 §3: this host does not take 8 bits. Converted once (off the
+                # reactor), the message goes to it again, and to any host after it, in 7
+                # bits; if it cannot be converted, the 5.6.3 stands.
+                converted = True
+                seven_bit = await self._seven_bit(message)
                 if seven_bit is not None:
                     log.info(
                         "queue {id}: {remote} does not announce 8BITMIME, sending it in 7 bits",
                         id=queue_id,
                         remote=remote,
                     )
-                    message = dataclasses.replace(seven_bit, recipients=message.recipients)
+                    message = seven_bit
                     outcome = await self._session(host, address, message, queue_id, settings.mx_tls)
             if (
                 outcome.tls_failed

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailserver.names import BadName, a_label
+from mailserver.names import MAX_DOMAIN, MAX_LOCAL_PART, BadName, a_label
 
 # RFC 5321 §4.1.2: Local-part = Dot-string / Quoted-string
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
@@ -37,8 +37,6 @@ _ESMTP_KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _ESMTP_VALUE = re.compile(r"^[\x21-\x3c\x3e-\x7e]+$")
 DOMAIN_RE = re.compile(rf"^(?:{_DOMAIN}|{_ADDRESS_LITERAL})$")
 
-MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
-MAX_DOMAIN = 255  # RFC 5321 §4.5.3.1.2
 MAX_PATH = 256  # RFC 5321 §4.5.3.1.3
 
 
