@@ -3,9 +3,10 @@
 Each message still takes the crash-safe steps of durable.py before its Deferred fires:
 written to tmp/, fsynced, renamed into new/ or cur/, that directory fsynced. What changes
 is who does it: the messages that arrive while a batch is being committed wait and go
-into the next batch together, which is written first and fsynced after, and each
-directory is fsynced once for the whole batch. One thread, one wake-up and one call back
-into the reactor per batch, not per message. With ten SMTP sessions delivering at once,
+into the next batch together, which is written first and synced after (one syncfs for
+the batch where the kernel allows), and each directory is fsynced once for the whole
+batch. One thread, one wake-up and one call back into the reactor per batch, not per
+message. With ten SMTP sessions delivering at once,
 ten pool threads creating files in the same tmp/ and renaming them into the same new/
 spent more CPU waiting on each other (the kernel's directory locks, the GIL) than on the
 disk; perf showed it.
@@ -16,13 +17,19 @@ from __future__ import annotations
 import os
 import threading
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
 
-from mailserver.store.durable import create_written, fsync_dir, unlink_quietly
+from mailserver.store.durable import (
+    CAN_SYNC_FILESYSTEM,
+    create_written,
+    fsync_dir,
+    sync_filesystem,
+    unlink_quietly,
+)
 
 # A batch takes at most this many messages, so that the first of them are not held back
 # by a flood behind them.
@@ -57,35 +64,92 @@ def commit_batch(jobs: Sequence[FileJob]) -> None:
             written.append((job, create_written(job.tmp, job.chunks)[0]))
         except Exception as e:
             job.error = e
-    synced: list[FileJob] = []
-    for job, fd in written:
-        try:
-            if job.mtime is not None:
-                os.utime(fd, (job.mtime, job.mtime))
-            os.fsync(fd)
-            job.result = os.fstat(fd).st_mtime
-        except OSError as e:
-            job.error = e
-            unlink_quietly(job.tmp)
-        else:
-            synced.append(job)
-        finally:
+    try:
+        on_disk = _sync_files(written)
+    finally:
+        for _, fd in written:
             os.close(fd)
-    by_directory: defaultdict[str, list[FileJob]] = defaultdict(list)
-    for job in synced:
+    by_directory: defaultdict[str, list[tuple[FileJob, int]]] = defaultdict(list)
+    for job, device in on_disk:
         try:
             os.rename(job.tmp, job.final)
         except OSError as e:
             job.error = e
             unlink_quietly(job.tmp)
         else:
-            by_directory[os.path.dirname(job.final)].append(job)
+            by_directory[os.path.dirname(job.final)].append((job, device))
+    _sync_directories(by_directory)
+
+
+def _sync_files(written: Sequence[tuple[FileJob, int]]) -> list[tuple[FileJob, int]]:
+    """Make the written files durable: the jobs that are, each with its file's device.
+
+    Files of several jobs on one filesystem get one syncfs rather than an fsync each: an
+    fsync waits for its own flush of the disk's cache, one syncfs flushes it once for
+    all (a batch of four, here: 1.0 ms instead of 1.8). It also writes whatever else is
+    waiting on that filesystem, which is why the Maildir is best on a filesystem of its
+    own. A job that fails gets its error, and its file is removed from tmp/."""
+    dated: list[tuple[FileJob, int, os.stat_result]] = []
+    for job, fd in written:
+        try:
+            if job.mtime is not None:
+                os.utime(fd, (job.mtime, job.mtime))
+            dated.append((job, fd, os.fstat(fd)))
+        except OSError as e:
+            _fail(job, e)
+    if len(dated) > 1 and _one_filesystem(status.st_dev for _, _, status in dated):
+        try:
+            sync_filesystem(dated[0][1])
+        except OSError as e:
+            for job, _, _ in dated:
+                _fail(job, e)
+            return []
+        synced = dated
+    else:
+        synced = []
+        for job, fd, status in dated:
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                _fail(job, e)
+            else:
+                synced.append((job, fd, status))
+    for job, _, status in synced:
+        job.result = status.st_mtime
+    return [(job, status.st_dev) for job, _, status in synced]
+
+
+def _sync_directories(by_directory: dict[str, list[tuple[FileJob, int]]]) -> None:
+    """fsync each directory the jobs were renamed into, or syncfs once for several on one
+    filesystem; the jobs of one that fails get its error."""
+    entries = [entry for renamed in by_directory.values() for entry in renamed]
+    if len(by_directory) > 1 and _one_filesystem(device for _, device in entries):
+        try:
+            fd = os.open(next(iter(by_directory)), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                sync_filesystem(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            for job, _ in entries:
+                job.error = e
+        return
     for directory, renamed in by_directory.items():
         try:
             fsync_dir(directory)
         except OSError as e:
-            for job in renamed:
+            for job, _ in renamed:
                 job.error = e
+
+
+def _one_filesystem(devices: Iterable[int]) -> bool:
+    """Whether one syncfs can serve files on these devices."""
+    return CAN_SYNC_FILESYSTEM and len(set(devices)) == 1
+
+
+def _fail(job: FileJob, error: OSError) -> None:
+    job.error = error
+    unlink_quietly(job.tmp)
 
 
 class GroupCommitter:

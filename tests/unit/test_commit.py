@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -94,6 +95,7 @@ class CommitBatchTests(unittest.TestCase):
             real_fsync(fd)
 
         self.patch(os, "fsync", fsync)
+        self.patch(commit, "CAN_SYNC_FILESYSTEM", False)  # an fsync a file
         commit_batch([bad, good])
         self.assertEqual(bad.error.errno, errno.EIO)
         self.assertFalse(os.path.exists(bad.final))
@@ -121,9 +123,100 @@ class CommitBatchTests(unittest.TestCase):
             real_sync(path)
 
         self.patch(commit, "fsync_dir", fsync_dir)
+        self.patch(commit, "CAN_SYNC_FILESYSTEM", False)  # an fsync a directory
         commit_batch([*into_a, into_b])
         self.assertEqual([job.error.errno for job in into_a], [errno.EIO, errno.EIO])
         self.assertIsNone(into_b.error)
+
+
+class FilesystemSyncTests(unittest.TestCase):
+    """Where syncfs reports errors, one call makes a batch's files durable, and one more
+    the directories they went into; a failure of either fails every job it served."""
+
+    def setUp(self) -> None:
+        if not durable.CAN_SYNC_FILESYSTEM:
+            raise unittest.SkipTest("no syncfs(2) that reports errors here")
+        self.folders = _Folders(self.mktemp())
+        self.fsyncs: list[int] = []
+        self.syncfs: list[str] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            self.fsyncs.append(fd)
+            real_fsync(fd)
+
+        self.patch(os, "fsync", fsync)
+        self.patch(commit, "sync_filesystem", self._sync_filesystem)
+        self.failing: str | None = None  # a path whose syncfs fails with EIO
+
+    def _sync_filesystem(self, fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        self.syncfs.append(path)
+        if path == self.failing:
+            raise OSError(errno.EIO, "I/O error")
+        durable.sync_filesystem(fd)
+
+    def test_a_batch_takes_one_syncfs_for_its_files_and_one_for_its_directories(
+        self,
+    ) -> None:
+        jobs = [self.folders.job("a"), self.folders.job("a"), self.folders.job("b", "cur")]
+        commit_batch(jobs)
+        self.assertEqual(self.fsyncs, [])
+        self.assertEqual(
+            self.syncfs,
+            [os.path.abspath(jobs[0].tmp), os.path.abspath(os.path.dirname(jobs[0].final))],
+        )
+        for job in jobs:
+            self.assertIsNone(job.error)
+            self.assertEqual(job.result, os.stat(job.final).st_mtime)
+        self.assertEqual(self.folders.tmp_files(), [])
+
+    def test_one_directory_is_fsynced_not_the_filesystem(self) -> None:
+        jobs = [self.folders.job("a"), self.folders.job("a")]
+        commit_batch(jobs)
+        self.assertEqual(self.syncfs, [os.path.abspath(jobs[0].tmp)])
+        self.assertEqual(len(self.fsyncs), 1)  # new/ of a
+
+    def test_a_single_file_is_fsynced(self) -> None:
+        job = self.folders.job()
+        commit_batch([job])
+        self.assertEqual(self.syncfs, [])
+        self.assertEqual(len(self.fsyncs), 2)  # the file, then new/
+        self.assertTrue(os.path.exists(job.final))
+
+    def test_a_failed_syncfs_of_the_files_fails_every_job_and_leaves_no_file(self) -> None:
+        jobs = [self.folders.job("a"), self.folders.job("b")]
+        self.failing = os.path.abspath(jobs[0].tmp)
+        commit_batch(jobs)
+        for job in jobs:
+            self.assertEqual(job.error.errno, errno.EIO)
+            self.assertIsNone(job.result)
+            self.assertFalse(os.path.exists(job.final))
+        self.assertEqual(self.folders.tmp_files(), [])
+
+    def test_a_failed_syncfs_of_the_directories_fails_every_job_renamed(self) -> None:
+        """As with a failed fsync of a directory: in place, but not known durable."""
+        jobs = [self.folders.job("a"), self.folders.job("b")]
+        self.failing = os.path.abspath(os.path.dirname(jobs[0].final))
+        commit_batch(jobs)
+        self.assertEqual([job.error.errno for job in jobs], [errno.EIO, errno.EIO])
+
+    def test_files_on_several_filesystems_are_fsynced_one_by_one(self) -> None:
+        jobs = [self.folders.job("a"), self.folders.job("b")]
+        elsewhere = os.path.abspath(jobs[1].tmp)
+        real_fstat = os.fstat
+
+        def fstat(fd: int) -> Any:
+            status = real_fstat(fd)
+            if os.readlink(f"/proc/self/fd/{fd}") != elsewhere:
+                return status
+            return SimpleNamespace(st_dev=status.st_dev + 1, st_mtime=status.st_mtime)
+
+        self.patch(os, "fstat", fstat)
+        commit_batch(jobs)
+        self.assertEqual(self.syncfs, [])
+        self.assertEqual(len(self.fsyncs), 4)  # two files, two directories
+        self.assertTrue(all(os.path.exists(job.final) for job in jobs))
 
 
 class _Reactor:
