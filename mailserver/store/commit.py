@@ -56,7 +56,7 @@ def commit_batch(jobs: Sequence[FileJob]) -> None:
 
     A job that fails gets its ``error`` and leaves no file behind in tmp/; the others go
     on. A file is renamed into place only after its data is on disk, and a job succeeds
-    only after the directory it was renamed into is fsynced too.
+    only after the directory it was renamed into is synced too.
     """
     written: list[tuple[FileJob, int]] = []
     for job in jobs:
