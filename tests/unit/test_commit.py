@@ -148,10 +148,16 @@ class FilesystemSyncTests(unittest.TestCase):
         self.patch(os, "fsync", fsync)
         self.patch(commit, "sync_filesystem", self._sync_filesystem)
         self.failing: str | None = None  # a path whose syncfs fails with EIO
+        self.in_place: list[int] = []  # files in new/ and cur/ at each syncfs
+
+    def _final_directories(self) -> list[str]:
+        root = self.folders.root
+        return [os.path.join(root, f, sub) for f in ("a", "b") for sub in ("new", "cur")]
 
     def _sync_filesystem(self, fd: int) -> None:
         path = os.readlink(f"/proc/self/fd/{fd}")
         self.syncfs.append(path)
+        self.in_place.append(sum(len(os.listdir(d)) for d in self._final_directories()))
         if path == self.failing:
             raise OSError(errno.EIO, "I/O error")
         durable.sync_filesystem(fd)
@@ -161,6 +167,8 @@ class FilesystemSyncTests(unittest.TestCase):
     ) -> None:
         jobs = [self.folders.job("a"), self.folders.job("a"), self.folders.job("b", "cur")]
         commit_batch(jobs)
+        # Nothing is in place before the files are durable; all of them are by the second.
+        self.assertEqual(self.in_place, [0, 3])
         self.assertEqual(self.fsyncs, [])
         self.assertEqual(
             self.syncfs,
