@@ -948,6 +948,8 @@ class MaildirStore:
         self._open: dict[str, Folder] = {}
         # Checked addresses and their directories: every delivery asks several times.
         self._user_paths: dict[str, str] = {}
+        # Users whose INBOX and default folders are known to exist (_made_user).
+        self._made_users: set[str] = set()
 
     def rename_files(self, moves: list[tuple[str, str]]) -> defer.Deferred[list[bool]]:
         """Rename files, a long batch in the file worker: a rename thread beside a busy
@@ -1226,24 +1228,51 @@ class MaildirStore:
         """
         try:
             path = self.folder_path(address, folder)
-            if folder.upper() == "INBOX":
-                self.ensure_user(address)
-            elif not os.path.isdir(os.path.join(path, "cur")):
+            inbox = folder.upper() == "INBOX"
+            if not inbox and not os.path.isdir(os.path.join(path, "cur")):
                 raise NoSuchFolder(folder)
         except Exception as e:
             return defer.fail(e)
+
+        def write(chosen_base: str | None = None) -> defer.Deferred[Stored]:
+            def attempt() -> defer.Deferred[Stored]:
+                return self._write(address, path, folder, chunks, flags, internal_date, chosen_base)
+
+            d = attempt()
+            if inbox:
+                d.addErrback(self._remade_user, address, attempt)  # once: no loop
+            return d
+
+        d = self._made_user(address) if inbox else defer.succeed(None)
         if unique is not None:
             base = f"{unique}.{_host_part(self.hostname)}"
-            d = self.run_in_thread(find_base, path, base)
+            d.addCallback(lambda _: self.run_in_thread(find_base, path, base))
             d.addCallback(
-                lambda found: (
-                    self._already_stored(path, folder, found)
-                    if found
-                    else self._write(address, path, folder, chunks, flags, internal_date, base)
-                )
+                lambda found: self._already_stored(path, folder, found) if found else write(base)
             )
             return d
-        return self._write(address, path, folder, chunks, flags, internal_date)
+        return d.addCallback(lambda _: write())
+
+    def _made_user(self, address: str) -> defer.Deferred[None]:
+        """The user's INBOX and default folders exist: made in a thread the first time
+        (directories made and fsynced), then known, so a delivery does not look again."""
+        user = self.user_path(address)
+        if user in self._made_users:
+            return defer.succeed(None)
+        d = self.run_in_thread(self.ensure_user, address)
+        d.addCallback(lambda _: self._made_users.add(user))
+        return d
+
+    def _remade_user(
+        self, failure: Failure, address: str, retry: Callable[[], defer.Deferred[Stored]]
+    ) -> defer.Deferred[Stored] | Failure:
+        """A Maildir removed while we ran (its tmp/ is gone): made again, and the
+        delivery tried once more."""
+        user = self.user_path(address)
+        if not failure.check(FileNotFoundError) or user not in self._made_users:
+            return failure
+        self._made_users.discard(user)
+        return self._made_user(address).addCallback(lambda _: retry())
 
     def _already_stored(self, path: str, folder: str, base: str) -> Stored:
         log.info("store: {base} is already in {path}, not delivered again", base=base, path=path)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import threading
 from collections.abc import Callable
 
 from twisted.internet import defer, threads
@@ -43,6 +45,38 @@ class StoreTests(unittest.TestCase):
         # New users get Maildir++ default folders, each marked as a folder.
         for folder in ("Drafts", "Sent", "Trash", "Junk", "Archive"):
             self.assertTrue(os.path.exists(os.path.join(user, "." + folder, "maildirfolder")))
+
+    async def test_a_new_users_maildir_is_made_in_a_thread_once(self) -> None:
+        """Making it mkdirs and fsyncs: not on the reactor. Later deliveries do not look."""
+        made_in: list[bool] = []
+        real_ensure = self.store.ensure_user
+
+        def ensure_user(address: str) -> None:
+            made_in.append(threading.current_thread() is threading.main_thread())
+            real_ensure(address)
+
+        self.patch(self.store, "ensure_user", ensure_user)
+        for _ in range(3):
+            await self.store.deliver(ALICE, [MESSAGE])
+        self.assertEqual(made_in, [False])
+        user = os.path.join(self.root, "example.test", "alice")
+        self.assertEqual(len(os.listdir(os.path.join(user, "new"))), 3)
+
+    async def test_a_maildir_removed_while_running_is_made_again(self) -> None:
+        await self.store.deliver(ALICE, [MESSAGE])
+        user = os.path.join(self.root, "example.test", "alice")
+        shutil.rmtree(user)
+        stored = await self.store.deliver(ALICE, [MESSAGE])
+        self.assertEqual(os.listdir(os.path.join(user, "new")), [stored.base])
+        self.assertTrue(os.path.isdir(os.path.join(user, ".Trash", "cur")))
+
+    async def test_a_maildir_that_stays_broken_fails_the_delivery(self) -> None:
+        """Tried again once, not in a loop: here tmp/ is gone but cur/ is there, so making
+        the user again changes nothing."""
+        await self.store.deliver(ALICE, [MESSAGE])
+        os.rmdir(os.path.join(self.root, "example.test", "alice", "tmp"))
+        with self.assertRaises(FileNotFoundError):
+            await self.store.deliver(ALICE, [MESSAGE])
 
     async def test_unique_names(self) -> None:
         bases = {(await self.store.deliver(ALICE, [MESSAGE])).base for _ in range(50)}
