@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
@@ -135,7 +135,7 @@ class IMAPFactory(LimitedFactory):
             sessions=self.sessions,
         )
 
-        def logged(address: str | None, username: str) -> str | None:
+        def logged(address: str | None, username: str) -> defer.Deferred[str] | None:
             log.info(
                 "IMAP login {result} session={session} peer={peer} user={user!r}",
                 result="ok" if address else "failed",
@@ -143,7 +143,11 @@ class IMAPFactory(LimitedFactory):
                 peer=peer,
                 user=address or username,
             )
-            return address
+            if address is None:
+                return None
+            # A user who never received mail gets INBOX and the default folders, made
+            # in a thread, before the session goes on.
+            return self.store.prepare_user(address).addCallback(lambda _: address)
 
         def run(effect: Effect) -> Any:
             if isinstance(effect, ReadMessages):

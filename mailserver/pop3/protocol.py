@@ -97,25 +97,26 @@ class POP3Connection:
             raise MaildropInUse(address)
         locks.add(address)
         self.locked = address
-        try:
-            folder = self.factory.store.folder(address)
-            folder.refresh()
-        except Exception:
-            self._release()
-            raise
-        self.folder = folder
-
-        def listed(_: None) -> list[MaildropEntry]:
-            return [MaildropEntry(m.uid, unique_id_for(m.base), m.size) for m in folder.messages]
 
         def failed(failure: Failure) -> Failure:
             self._release()
             return failure
 
-        # RFC 1939 §5 STAT and LIST give sizes: files other programs wrote are read first.
-        d = folder.measure()
-        d.addCallbacks(listed, failed)
+        # A user who never received mail gets a Maildir, made in a thread.
+        d = self.factory.store.prepare_user(address)
+        d.addCallback(lambda _: self._list(address))
+        d.addErrback(failed)
         return d
+
+    def _list(self, address: str) -> defer.Deferred[list[MaildropEntry]]:
+        folder = self.folder = self.factory.store.folder(address)
+        folder.refresh()
+
+        def listed(_: None) -> list[MaildropEntry]:
+            return [MaildropEntry(m.uid, unique_id_for(m.base), m.size) for m in folder.messages]
+
+        # RFC 1939 §5 STAT and LIST give sizes: files other programs wrote are read first.
+        return folder.measure().addCallback(listed)
 
     def _read(self, uid: int, upcoming: tuple[int, ...]) -> bytes | defer.Deferred[bytes]:
         """The message, at once when it was read ahead (no Deferred: the usual case of

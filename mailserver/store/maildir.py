@@ -948,7 +948,7 @@ class MaildirStore:
         self._open: dict[str, Folder] = {}
         # Checked addresses and their directories: every delivery asks several times.
         self._user_paths: dict[str, str] = {}
-        # Users whose INBOX and default folders are known to exist (_made_user).
+        # Users whose INBOX and default folders are known to exist (ensure_user).
         self._made_users: set[str] = set()
 
     def rename_files(self, moves: list[tuple[str, str]]) -> defer.Deferred[list[bool]]:
@@ -1031,15 +1031,16 @@ class MaildirStore:
         return os.path.join(user, "." + name)
 
     def ensure_user(self, address: str) -> None:
-        """Create the user's INBOX and default folders if they do not exist yet."""
+        """Create the user's INBOX and default folders if they do not exist yet; blocks
+        on the disk the first time (prepare_user runs it in a thread)."""
         user = self.user_path(address)
-        if os.path.isdir(os.path.join(user, "cur")):
-            return
-        _make_maildir(user, folder=False)
-        for name in DEFAULT_FOLDERS:
-            _make_maildir(os.path.join(user, "." + name), folder=True)
-        with open(os.path.join(user, "subscriptions"), "w", encoding="utf-8") as f:
-            f.writelines(f"{name}\n" for name in DEFAULT_FOLDERS)
+        if not os.path.isdir(os.path.join(user, "cur")):
+            _make_maildir(user, folder=False)
+            for name in DEFAULT_FOLDERS:
+                _make_maildir(os.path.join(user, "." + name), folder=True)
+            with open(os.path.join(user, "subscriptions"), "w", encoding="utf-8") as f:
+                f.writelines(f"{name}\n" for name in DEFAULT_FOLDERS)
+        self._made_users.add(user)
 
     # Folders ---------------------------------------------------------------------------
     def folder(self, address: str, name: str = "INBOX") -> Folder:
@@ -1243,7 +1244,7 @@ class MaildirStore:
                 d.addErrback(self._remade_user, address, attempt)  # once: no loop
             return d
 
-        d = self._made_user(address) if inbox else defer.succeed(None)
+        d = self.prepare_user(address) if inbox else defer.succeed(None)
         if unique is not None:
             base = f"{unique}.{_host_part(self.hostname)}"
             d.addCallback(lambda _: self.run_in_thread(find_base, path, base))
@@ -1253,15 +1254,13 @@ class MaildirStore:
             return d
         return d.addCallback(lambda _: write())
 
-    def _made_user(self, address: str) -> defer.Deferred[None]:
-        """The user's INBOX and default folders exist: made in a thread the first time
-        (directories made and fsynced), then known, so a delivery does not look again."""
-        user = self.user_path(address)
-        if user in self._made_users:
+    def prepare_user(self, address: str) -> defer.Deferred[None]:
+        """Fires once the user's INBOX and default folders exist: made in a thread the
+        first time (directories made and fsynced), then known, so that a delivery or a
+        login does not look again (at once, without a thread, for a known user)."""
+        if self.user_path(address) in self._made_users:
             return defer.succeed(None)
-        d = self.run_in_thread(self.ensure_user, address)
-        d.addCallback(lambda _: self._made_users.add(user))
-        return d
+        return self.run_in_thread(self.ensure_user, address)
 
     def _remade_user(
         self, failure: Failure, address: str, retry: Callable[[], defer.Deferred[Stored]]
@@ -1272,7 +1271,7 @@ class MaildirStore:
         if not failure.check(FileNotFoundError) or user not in self._made_users:
             return failure
         self._made_users.discard(user)
-        return self._made_user(address).addCallback(lambda _: retry())
+        return self.prepare_user(address).addCallback(lambda _: retry())
 
     def _already_stored(self, path: str, folder: str, base: str) -> Stored:
         log.info("store: {base} is already in {path}, not delivered again", base=base, path=path)

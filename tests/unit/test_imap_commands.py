@@ -690,3 +690,46 @@ def test_header_search_shortcut_agrees_with_the_field_parse(
     client = selected(mail)
     out = client.send(b"s SEARCH " + keys + b"\r\n")
     assert out == (b"* SEARCH 1" if found else b"* SEARCH") + b"\r\ns OK SEARCH completed\r\n"
+
+
+def test_a_first_login_makes_the_maildir_off_the_reactor(tmp_path: Any) -> None:
+    """A user who never received mail gets INBOX and the default folders at LOGIN, made
+    by the store's thread runner (mkdir and fsync), not by the session on the reactor;
+    the reply waits for them."""
+    pending: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+    def run_in_thread(f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        pending.append((f, args, d))
+        return d
+
+    store = MaildirStore(str(tmp_path), hostname="test", run_in_thread=run_in_thread)
+    clock = MemoryReactorClock()
+    factory = IMAPFactory(
+        store,
+        AnyPassword(),  # type: ignore[arg-type]
+        IMAPLimits(),
+        1800.0,
+        "imap.test",
+        clock,
+        allow_plaintext_on_loopback=True,
+        sessions=UserSessions(),
+    )
+    proto, transport = connect(factory, clock)
+    transport.clear()
+    proto.dataReceived(b"a LOGIN alice secret\r\n")
+    inbox = os.path.join(str(tmp_path), "example.test", "alice")
+    assert [(f.__name__, args) for f, args, _ in pending] == [("ensure_user", (ALICE,))]
+    assert transport.value() == b""  # nothing made on the reactor, no reply yet
+    assert not os.path.exists(inbox)
+    f, args, d = pending.pop()
+    d.callback(f(*args))  # the "thread" runs
+    assert transport.value().startswith(b"a OK [CAPABILITY ")
+    assert os.path.isdir(os.path.join(inbox, ".Drafts", "cur"))
+    transport.clear()
+    proto.dataReceived(b"b LOGOUT\r\n")
+    second, transport = connect(factory, clock)
+    transport.clear()
+    second.dataReceived(b"a LOGIN alice secret\r\n")
+    assert pending == []  # known now: no thread
+    assert transport.value().startswith(b"a OK [CAPABILITY ")

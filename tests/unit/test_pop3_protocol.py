@@ -6,6 +6,7 @@ import os
 import poplib
 import shutil
 import tempfile
+import threading
 from typing import Any
 
 from twisted.internet import defer, reactor, threads
@@ -48,11 +49,12 @@ class Client:
         self.protocol.callLater = self.clock.callLater  # type: ignore[method-assign]
         self.protocol.makeConnection(self.transport)
 
-    async def reply(self, ending: bytes = b"\r\n") -> bytes:
-        """Everything written until the output ends with ``ending`` (reads use threads)."""
+    async def reply(self, ending: bytes = b"\r\n", lines: int = 1) -> bytes:
+        """Everything written until the output ends with ``ending`` and holds at least
+        ``lines`` lines (reads use threads)."""
         for _ in range(2000):
             data = self.transport.value()
-            if data.endswith(ending):
+            if data.endswith(ending) and data.count(b"\r\n") >= lines:
                 self.transport.clear()
                 return data
             await deferLater(reactor, 0.005, lambda: None)
@@ -63,8 +65,10 @@ class Client:
         return await self.reply(ending)
 
     async def login(self, user: bytes = b"alice", password: bytes = b"secret") -> bytes:
+        """USER and PASS pipelined: both replies (the second may come from a thread)."""
         await self.reply()  # the greeting
-        return await self.command(b"USER " + user + b"\r\nPASS " + password)
+        self.protocol.dataReceived(b"USER " + user + b"\r\nPASS " + password + b"\r\n")
+        return await self.reply(lines=2)
 
     def drop(self) -> None:
         self.protocol.connectionLost(Failure(ConnectionDone()))
@@ -258,6 +262,22 @@ class POP3ProtocolTests(unittest.TestCase):
         assert await third.login() == f"+OK\r\n+OK 1 messages ({len(MESSAGE)} octets)\r\n".encode()
         for client in (other_user, third):
             client.drop()
+
+    async def test_a_first_login_makes_the_maildir_in_a_thread(self) -> None:
+        """Bob never received mail: his Maildir is made (mkdir, fsync) off the reactor."""
+        made_on_main: list[bool] = []
+        real_ensure = self.store.ensure_user
+
+        def ensure_user(address: str) -> None:
+            made_on_main.append(threading.current_thread() is threading.main_thread())
+            real_ensure(address)
+
+        self.patch(self.store, "ensure_user", ensure_user)
+        client = Client(self.factory)
+        assert await client.login(b"bob", b"hunter2") == b"+OK\r\n+OK 0 messages (0 octets)\r\n"
+        assert made_on_main == [False]
+        assert os.path.isdir(os.path.join(self.store.user_path(BOB), "cur"))
+        client.drop()
 
     async def test_wrong_password(self) -> None:
         client = Client(self.factory)
