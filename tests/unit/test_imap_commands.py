@@ -559,10 +559,12 @@ class AnyPassword:
         return succeed(ALICE if password == "secret" else None)
 
 
-def plain_factory(mail3: Mail, clock: MemoryReactorClock, sessions: UserSessions) -> IMAPFactory:
+def plain_factory(
+    store: MaildirStore, clock: MemoryReactorClock, sessions: UserSessions
+) -> IMAPFactory:
     """An IMAP factory on the clock, with a 30-minute autologout, loopback logins allowed."""
     return IMAPFactory(
-        mail3.store,
+        store,
         AnyPassword(),  # type: ignore[arg-type]
         IMAPLimits(),
         1800.0,
@@ -587,7 +589,7 @@ def test_autologout_after_30_minutes_and_keepalives_in_idle(mail3: Mail) -> None
     """RFC 3501 §5.4: the autologout timer is the configured 30 minutes; meanwhile a
     client in IDLE hears a keep-alive every KEEPALIVE_INTERVAL (RFC 2177 §3)."""
     clock = MemoryReactorClock()
-    factory = plain_factory(mail3, clock, UserSessions())
+    factory = plain_factory(mail3.store, clock, UserSessions())
     factory.doStart()  # as its listening port does
     proto, transport = connect(factory, clock)
     proto.dataReceived(b"a LOGIN alice secret\r\ns SELECT INBOX\r\ni IDLE\r\n")
@@ -613,7 +615,10 @@ def test_keepalive_is_shared_by_the_listeners_of_one_registry(mail3: Mail) -> No
     clock = MemoryReactorClock()
     sessions = UserSessions()
 
-    plain, tls = plain_factory(mail3, clock, sessions), plain_factory(mail3, clock, sessions)
+    plain, tls = (
+        plain_factory(mail3.store, clock, sessions),
+        plain_factory(mail3.store, clock, sessions),
+    )
     assert plain.keepalive is tls.keepalive
     plain.doStart()
     tls.doStart()
@@ -705,16 +710,7 @@ def test_a_first_login_makes_the_maildir_off_the_reactor(tmp_path: Any) -> None:
 
     store = MaildirStore(str(tmp_path), hostname="test", run_in_thread=run_in_thread)
     clock = MemoryReactorClock()
-    factory = IMAPFactory(
-        store,
-        AnyPassword(),  # type: ignore[arg-type]
-        IMAPLimits(),
-        1800.0,
-        "imap.test",
-        clock,
-        allow_plaintext_on_loopback=True,
-        sessions=UserSessions(),
-    )
+    factory = plain_factory(store, clock, UserSessions())
     proto, transport = connect(factory, clock)
     transport.clear()
     proto.dataReceived(b"a LOGIN alice secret\r\n")
