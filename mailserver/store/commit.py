@@ -6,10 +6,9 @@ is who does it: the messages that arrive while a batch is being committed wait a
 into the next batch together, which is written first and synced after (one syncfs for
 the batch where the kernel allows), and each directory is fsynced once for the whole
 batch. One thread, one wake-up and one call back into the reactor per batch, not per
-message. With ten SMTP sessions delivering at once,
-ten pool threads creating files in the same tmp/ and renaming them into the same new/
-spent more CPU waiting on each other (the kernel's directory locks, the GIL) than on the
-disk; perf showed it.
+message. With ten SMTP sessions delivering at once, ten pool threads creating files in
+the same tmp/ and renaming them into the same new/ spent more CPU waiting on each other
+(the kernel's directory locks, the GIL) than on the disk; perf showed it.
 """
 
 from __future__ import annotations
