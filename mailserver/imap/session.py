@@ -663,8 +663,6 @@ class IMAPSession:
             self._tagged(tag, "NO", "[LIMIT] Too many sessions for this user")
             return
         self.user = address
-        # A user who never received mail still gets INBOX and the default folders.
-        self.store.ensure_user(address)
         self._send(f"{tag} OK [CAPABILITY ".encode() + self._capabilities() + b"] Logged in\r\n")
 
     # Authenticated (RFC 3501 §6.3) -----------------------------------------------------
