@@ -20,7 +20,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from twisted.python.failure import Failure
 
@@ -1260,7 +1260,10 @@ class IMAPSession:
                     and not any(a.name == "MODSEQ" for a in attributes)
                 ):
                     items.append(b"MODSEQ (%d)" % self._modseq(uid))
-                self._send(self._fetch_line(seq, uid, items))
+                if needs_body:
+                    self._out.extend(_fetch_response(seq, items))
+                else:  # no literals: one line, built the quick way
+                    self._send(self._fetch_line(seq, uid, cast(list[bytes], items)))
         self._updates(allow_expunge=c.uid)
         self._tagged(c.tag, "OK", "FETCH completed")
 
@@ -1402,7 +1405,7 @@ class IMAPSession:
 
     def _fetch_item(
         self, att: p.FetchAtt, message: MessageInfo, uid: int, parts: MessageParts | None
-    ) -> bytes:
+    ) -> bytes | _Literal:
         name = att.name
         if name == "UID":
             return b"UID %d" % uid
@@ -1417,17 +1420,17 @@ class IMAPSession:
         assert parts is not None
         if att.section is not None:
             data = apply_partial(section_bytes(parts, att.section), att.partial)
-            return att.response_bytes + b" " + _literal(data)
+            return _Literal(att.response_bytes, data)
         if name == "ENVELOPE":
             return b"ENVELOPE " + envelope(parts)
         if name in ("BODY", "BODYSTRUCTURE"):
             return name.encode() + b" " + bodystructure(parts, name == "BODYSTRUCTURE")
         if name == "RFC822":
-            return b"RFC822 " + _literal(parts.whole)
+            return _Literal(b"RFC822", parts.whole)
         if name == "RFC822.HEADER":
-            return b"RFC822.HEADER " + _literal(parts.header)
+            return _Literal(b"RFC822.HEADER", parts.header)
         if name == "RFC822.TEXT":
-            return b"RFC822.TEXT " + _literal(parts.body)
+            return _Literal(b"RFC822.TEXT", parts.body)
         raise ValueError(f"unsupported FETCH item {name}")
 
     # Changes by others (RFC 3501 §5.2, §7.4.1) -----------------------------------------
@@ -1520,8 +1523,32 @@ def _ancestors(name: str) -> list[str]:
     return [DELIMITER.join(levels[:i]) for i in range(1, len(levels))]
 
 
-def _literal(data: bytes) -> bytes:
-    return b"{%d}\r\n" % len(data) + data
+class _Literal(NamedTuple):
+    """A FETCH item whose value is a literal: its name and the literal's octets."""
+
+    name: bytes
+    data: bytes
+
+
+def _fetch_response(seq: int, items: list[bytes | _Literal]) -> list[bytes]:
+    """A FETCH response as the pieces to send, each literal's octets one of them: a
+    message body is copied once on its way out (joined into a Send), not again into each
+    string built around it."""
+    pieces: list[bytes] = []
+    text = [b"* %d FETCH (" % seq]
+    for i, item in enumerate(items):
+        if i:
+            text.append(b" ")
+        if isinstance(item, _Literal):
+            text.append(b"%s {%d}\r\n" % (item.name, len(item.data)))
+            pieces.append(b"".join(text))
+            pieces.append(item.data)
+            text = []
+        else:
+            text.append(item)
+    text.append(b")\r\n")
+    pieces.append(b"".join(text))
+    return pieces
 
 
 # RFC 3501 §9: tag = 1*<any ASTRING-CHAR except "+">
