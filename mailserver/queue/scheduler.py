@@ -140,6 +140,8 @@ class Scheduler:
             ):
                 await self._finish(entry)  # what a crash left undone: reports, removal
         log.info("queue: {count} entries in the spool", count=len(self.entries))
+        if not self._running:
+            return  # stopped while the spool was read: no timer may outlive the service
         self._scanner = task.LoopingCall(self.scan)
         self._scanner.clock = self.clock
         self._scanner.start(self.policy.scan_interval, now=False)

@@ -655,3 +655,24 @@ def test_a_broken_attempt_waits_instead_of_looping(h: Harness) -> None:
     entry = h.scheduler.entries[queue_id]
     assert entry.next_attempt == h.clock.seconds() + 300
     assert h.transport.calls == []
+
+
+def test_stopped_while_the_spool_is_read_it_starts_no_timer(tmp_path: Any) -> None:
+    """A server stopped at once after it started (the spool still being read in a
+    thread) leaves no scan timer behind once the reading ends."""
+    h = Harness(str(tmp_path / "spool"))
+    reads: list[defer.Deferred[Any]] = []
+
+    def slow(function: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        reads.append(d)
+        d.addCallback(lambda _: function(*args))
+        return d
+
+    h.scheduler = Scheduler(h.spool, h.transport, h.policy, h.local_deliver, h.clock, slow)
+    started = defer.ensureDeferred(h.scheduler.start())
+    h.scheduler.stop()
+    while reads:
+        reads.pop(0).callback(None)
+    h.result(started)
+    assert h.clock.getDelayedCalls() == []
