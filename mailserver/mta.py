@@ -27,7 +27,8 @@ def check_local_recipient(directory: Directory, store: MaildirStore, address: st
     if not mailboxes:
         return Reply(550, "5.1.1", "No such user here")
     quota = store.quota_bytes
-    if quota and any(store.folder(m).total_size() >= quota for m in mailboxes):
+    # Only a mailbox already open is checked here; the delivery checks every one.
+    if quota and any((store.usage_if_open(m) or 0) >= quota for m in mailboxes):
         return Reply(452, "4.2.2", "Mailbox full")
     return RECIPIENT_OK
 

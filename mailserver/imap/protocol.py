@@ -15,6 +15,7 @@ from mailserver.imap.session import (
     IMAPLimits,
     IMAPSession,
     MeasureFolder,
+    OpenFolder,
     Pause,
     ReadMessages,
     ScreenMessages,
@@ -158,6 +159,8 @@ class IMAPFactory(LimitedFactory):
                 return effect.folder.set_flags_many(effect.changes, effect.then)
             if isinstance(effect, MeasureFolder):
                 return effect.folder.measure()
+            if isinstance(effect, OpenFolder):
+                return self.store.open_folder(effect.address, effect.name)
             if isinstance(effect, Pause):
                 return task.deferLater(self.reactor, 0, lambda: None)
             if isinstance(effect, AppendMessage):

@@ -186,6 +186,15 @@ class SetFlags(Effect):
 
 
 @dataclass(frozen=True)
+class OpenFolder(Effect):
+    """The user's folder of this name (MaildirStore.open_folder: loaded in a thread the
+    first time); fails with NoSuchFolder, or BadName for a name that cannot be one."""
+
+    address: str
+    name: str
+
+
+@dataclass(frozen=True)
 class MeasureFolder(Effect):
     """Learn the sizes, line ends and dates of files other programs put in the folder
     (Folder.measure), before a command that reports them."""
@@ -666,14 +675,17 @@ class IMAPSession:
         self._send(f"{tag} OK [CAPABILITY ".encode() + self._capabilities() + b"] Logged in\r\n")
 
     # Authenticated (RFC 3501 §6.3) -----------------------------------------------------
-    def _folder(self, tag: str, name: str, trycreate: bool = False) -> Folder | None:
+    def _folder(
+        self, tag: str, name: str, trycreate: bool = False
+    ) -> Generator[Action, Any, Folder | None]:
         """The open folder, or None after a NO (``[TRYCREATE]`` where RFC 3501 §6.3.11 and
         §6.4.7 ask for it)."""
         assert self.user is not None
         if not self._valid_name(tag, name, "CANNOT" if trycreate else "NONEXISTENT"):
             return None
         try:
-            return self.store.folder(self.user, name)
+            folder: Folder = yield OpenFolder(self.user, name)
+            return folder
         except (BadName, NoSuchFolder):
             code = "TRYCREATE" if trycreate else "NONEXISTENT"
             self._tagged(tag, "NO", f"[{code}] No such mailbox")
@@ -702,18 +714,18 @@ class IMAPSession:
             return False
         return self._valid_name(tag, name)
 
-    def _cmd_SELECT(self, c: p.Command) -> None:
-        self._select(c, readonly=False)
+    def _cmd_SELECT(self, c: p.Command) -> Job:
+        return self._select(c, readonly=False)
 
-    def _cmd_EXAMINE(self, c: p.Command) -> None:
-        self._select(c, readonly=True)
+    def _cmd_EXAMINE(self, c: p.Command) -> Job:
+        return self._select(c, readonly=True)
 
-    def _select(self, c: p.Command, readonly: bool) -> None:
+    def _select(self, c: p.Command, readonly: bool) -> Job:
         assert isinstance(c.args, p.Select)
         if c.args.condstore:
             self.condstore = True  # RFC 7162 §3.1.8
         self._unselect()  # RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected
-        folder = self._folder(c.tag, c.args.mailbox)
+        folder = yield from self._folder(c.tag, c.args.mailbox)
         if folder is None:
             return
         folder.refresh()
@@ -867,8 +879,8 @@ class IMAPSession:
         except FolderExists:
             self._tagged(tag, "NO", "[ALREADYEXISTS] Target mailbox exists")
             return
-        inbox = self.store.folder(self.user)
-        dest = self.store.folder(self.user, new)
+        inbox: Folder = yield OpenFolder(self.user, "INBOX")
+        dest: Folder = yield OpenFolder(self.user, new)
         pairs = yield CopyMessages(inbox, tuple(m.uid for m in inbox.messages), dest)
         self._own_expunges.update(src for src, _ in pairs)
         try:
@@ -895,12 +907,11 @@ class IMAPSession:
         self.store.set_subscribed(self.user, c.args.mailbox, subscribed)
         self._tagged(c.tag, "OK", f"{c.name} completed")
 
-    def _cmd_APPEND(self, c: p.Command) -> Job | None:
+    def _cmd_APPEND(self, c: p.Command) -> Job:
         assert isinstance(c.args, p.Append) and self.user is not None
-        folder = self._folder(c.tag, c.args.mailbox, trycreate=True)
-        if folder is None:
-            return None
-        return self._append(c.tag, folder, c.args)
+        folder = yield from self._folder(c.tag, c.args.mailbox, trycreate=True)
+        if folder is not None:
+            yield from self._append(c.tag, folder, c.args)
 
     def _append(self, tag: str, folder: Folder, args: p.Append) -> Job:
         assert self.user is not None
@@ -940,19 +951,14 @@ class IMAPSession:
             modseq = self.selected.folder.highest_modseq
             self._send(f"* OK [HIGHESTMODSEQ {modseq}] Highest\r\n".encode())
 
-    def _cmd_STATUS(self, c: p.Command) -> Job | None:
+    def _cmd_STATUS(self, c: p.Command) -> Job:
         assert isinstance(c.args, p.Status)
-        folder = self._folder(c.tag, c.args.mailbox)
+        folder = yield from self._folder(c.tag, c.args.mailbox)
         if folder is None:
-            return None
+            return
         folder.refresh()
         if "SIZE" in c.args.items and folder.unmeasured:
-            return self._status_measured(c, folder)
-        self._status(c, folder)
-        return None
-
-    def _status_measured(self, c: p.Command, folder: Folder) -> Job:
-        yield MeasureFolder(folder)
+            yield MeasureFolder(folder)
         self._status(c, folder)
 
     def _status(self, c: p.Command, folder: Folder) -> None:
@@ -1282,15 +1288,13 @@ class IMAPSession:
         targets = self._messages(c, c.args.sequence_set)
         if targets is None:
             return None
-        dest = self._folder(c.tag, c.args.mailbox, trycreate=True)
-        if dest is None:
-            return None
-        return self._copy_job(c, targets, dest, move)
+        return self._copy_job(c, targets, move)
 
-    def _copy_job(
-        self, c: p.Command, targets: list[tuple[int, int]], dest: Folder, move: bool
-    ) -> Job:
-        assert self.selected is not None
+    def _copy_job(self, c: p.Command, targets: list[tuple[int, int]], move: bool) -> Job:
+        assert self.selected is not None and isinstance(c.args, p.CopyMove)
+        dest = yield from self._folder(c.tag, c.args.mailbox, trycreate=True)
+        if dest is None or self.selected is None:
+            return
         selected = self.selected
         folder = selected.folder
         uids = tuple(uid for _, uid in targets if folder.by_uid(uid) is not None)

@@ -109,7 +109,11 @@ class POP3Connection:
         return d
 
     def _list(self, address: str) -> defer.Deferred[list[MaildropEntry]]:
-        folder = self.folder = self.factory.store.folder(address)
+        # Loaded in a thread the first time (a large maildrop would hold the reactor).
+        return self.factory.store.open_folder(address).addCallback(self._listed)
+
+    def _listed(self, folder: Folder) -> defer.Deferred[list[MaildropEntry]]:
+        self.folder = folder
         folder.refresh()
 
         def listed(_: None) -> list[MaildropEntry]:

@@ -729,3 +729,36 @@ def test_a_first_login_makes_the_maildir_off_the_reactor(tmp_path: Any) -> None:
     second.dataReceived(b"a LOGIN alice secret\r\n")
     assert pending == []  # known now: no thread
     assert transport.value().startswith(b"a OK [CAPABILITY ")
+
+
+def test_a_folder_is_loaded_off_the_reactor_at_select(tmp_path: Any) -> None:
+    """SELECT of a folder no session has open: its listing (every file of new/ and cur/,
+    the UID list) is read by the store's thread runner, and the reply waits for it;
+    another session's SELECT then finds it open."""
+    pending: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+    def run_in_thread(f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        pending.append((f, args, d))
+        return d
+
+    store = MaildirStore(str(tmp_path), hostname="test", run_in_thread=run_in_thread)
+    store.ensure_user(ALICE)  # as a delivery or a login before would have
+    clock = MemoryReactorClock()
+    factory = plain_factory(store, clock, UserSessions())
+    proto, transport = connect(factory, clock)
+    proto.dataReceived(b"a LOGIN alice secret\r\n")
+    transport.clear()
+    proto.dataReceived(b"s SELECT INBOX\r\nn NOOP\r\n")
+    assert [f.__name__ for f, _, _ in pending] == ["_load_folder"]
+    assert transport.value() == b""  # the pipelined NOOP waits too
+    f, args, d = pending.pop()
+    d.callback(f(*args))  # the "thread" runs
+    assert b"* 0 EXISTS\r\n" in transport.value()
+    assert transport.value().endswith(
+        b"s OK [READ-WRITE] SELECT completed\r\nn OK NOOP completed\r\n"
+    )
+    second, transport = connect(factory, clock)
+    second.dataReceived(b"a LOGIN alice secret\r\ns EXAMINE INBOX\r\n")
+    assert pending == []
+    assert transport.value().endswith(b"s OK [READ-ONLY] EXAMINE completed\r\n")

@@ -32,6 +32,7 @@ from mailserver.imap.session import (
     IMAPLimits,
     IMAPSession,
     MeasureFolder,
+    OpenFolder,
     Pause,
     ReadMessages,
     ScreenMessages,
@@ -190,6 +191,8 @@ class Client:
             return None
         if isinstance(effect, MeasureFolder):
             return settled(effect.folder.measure())
+        if isinstance(effect, OpenFolder):
+            return settled(self.mail.store.open_folder(effect.address, effect.name))
         if isinstance(effect, AppendMessage):
             store = self.mail.store
             return settled(

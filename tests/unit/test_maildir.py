@@ -6,14 +6,18 @@ import os
 import shutil
 import threading
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
+from mailserver.mta import RECIPIENT_OK, check_local_recipient
 from mailserver.names import BadName
 from mailserver.store import uidlist
 from mailserver.store.bus import Appended, Expunged, FlagsChanged
 from mailserver.store.maildir import (
+    Folder,
     MaildirStore,
     NoSuchFolder,
     QuotaExceeded,
@@ -77,6 +81,64 @@ class StoreTests(unittest.TestCase):
         os.rmdir(os.path.join(self.root, "example.test", "alice", "tmp"))
         with self.assertRaises(FileNotFoundError):
             await self.store.deliver(ALICE, [MESSAGE])
+
+    async def test_a_folder_is_opened_in_a_thread_once_for_all_who_ask(self) -> None:
+        """Its first scan (every file of new/ and cur/, the UID list) is not done on the
+        reactor; two sessions asking at the same time share one."""
+        for _ in range(3):
+            await self.store.deliver(ALICE, [MESSAGE])
+        store = self.reopen()
+        store.ensure_user(ALICE)
+        scanned_in: list[bool] = []
+        real_scan = Folder.scan
+
+        def scan(folder: Folder, announce: bool = True) -> None:
+            scanned_in.append(threading.current_thread() is threading.main_thread())
+            real_scan(folder, announce)
+
+        self.patch(Folder, "scan", scan)
+        first, second = await defer.gatherResults(
+            [store.open_folder(ALICE), store.open_folder(ALICE)]
+        )
+        self.assertIs(first, second)
+        self.assertIs(store.folder(ALICE), first)
+        self.assertEqual(scanned_in, [False])
+        self.assertEqual([m.uid for m in first.messages], [1, 2, 3])
+        self.assertIs(await store.open_folder(ALICE), first)
+
+    async def test_opening_a_folder_that_is_not_there_fails(self) -> None:
+        self.store.ensure_user(ALICE)
+        with self.assertRaises(NoSuchFolder):
+            await self.store.open_folder(ALICE, "Nope")
+        with self.assertRaises(BadName):
+            await self.store.open_folder(ALICE, "a/../../b")
+        self.assertIsNotNone(await self.store.open_folder(ALICE, "Trash"))
+
+    async def test_a_folder_renamed_while_it_loads_is_read_again(self) -> None:
+        """What the thread read is of a directory that moved meanwhile: not kept (a later
+        SELECT would find messages that are elsewhere now); it is read again, and there
+        is no folder there any more."""
+        self.store.ensure_user(ALICE)
+        self.store.create_folder(ALICE, "Old")
+        await self.store.deliver(ALICE, [MESSAGE], "Old")
+        held: list[tuple[defer.Deferred[Folder], Callable[..., Folder], tuple[object, ...]]] = []
+        real = self.store.run_in_thread
+
+        def hold(f: Callable[..., Folder], *args: object) -> defer.Deferred[Folder]:
+            d: defer.Deferred[Folder] = defer.Deferred()
+            held.append((d, f, args))
+            return d
+
+        self.store.run_in_thread = hold
+        opening = self.store.open_folder(ALICE, "Old")
+        self.store.run_in_thread = real
+        d, f, args = held.pop()
+        loaded = f(*args)  # read before the rename...
+        self.store.rename_folder(ALICE, "Old", "New")
+        d.callback(loaded)  # ...handed over after it
+        with self.assertRaises(NoSuchFolder):
+            await opening
+        self.assertEqual(len((await self.store.open_folder(ALICE, "New")).messages), 1)
 
     async def test_unique_names(self) -> None:
         bases = {(await self.store.deliver(ALICE, [MESSAGE])).base for _ in range(50)}
@@ -240,6 +302,18 @@ class StoreTests(unittest.TestCase):
     async def test_quota(self) -> None:
         store = MaildirStore(self.root, quota_bytes=len(MESSAGE) + 5)
         await store.deliver(ALICE, [MESSAGE])
+        with self.assertRaises(QuotaExceeded):
+            await store.deliver(ALICE, [MESSAGE])
+
+    async def test_the_quota_at_rcpt_is_checked_when_the_inbox_is_open(self) -> None:
+        """RCPT cannot wait for a folder to load: an INBOX not open yet passes there, and
+        starts loading, and the delivery (which waits for it) refuses what does not fit."""
+        await MaildirStore(self.root).deliver(ALICE, [MESSAGE])
+        store = MaildirStore(self.root, quota_bytes=len(MESSAGE))
+        directory: Any = SimpleNamespace(resolve=lambda address: [ALICE])
+        self.assertEqual(check_local_recipient(directory, store, ALICE), RECIPIENT_OK)
+        await store.open_folder(ALICE)  # the load the check started
+        self.assertEqual(check_local_recipient(directory, store, ALICE).code, 452)
         with self.assertRaises(QuotaExceeded):
             await store.deliver(ALICE, [MESSAGE])
 
