@@ -697,18 +697,27 @@ def test_header_search_shortcut_agrees_with_the_field_parse(
     assert out == (b"* SEARCH 1" if found else b"* SEARCH") + b"\r\ns OK SEARCH completed\r\n"
 
 
-def test_a_first_login_makes_the_maildir_off_the_reactor(tmp_path: Any) -> None:
-    """A user who never received mail gets INBOX and the default folders at LOGIN, made
-    by the store's thread runner (mkdir and fsync), not by the session on the reactor;
-    the reply waits for them."""
-    pending: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+Held = list[tuple[Any, tuple[Any, ...], Deferred[Any]]]
+
+
+def store_with_held_threads(root: str) -> tuple[MaildirStore, Held]:
+    """A store whose thread jobs wait in the list returned with it: (function, its
+    arguments, the Deferred the caller got), for the test to run as it sees fit."""
+    pending: Held = []
 
     def run_in_thread(f: Any, *args: Any) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         pending.append((f, args, d))
         return d
 
-    store = MaildirStore(str(tmp_path), hostname="test", run_in_thread=run_in_thread)
+    return MaildirStore(root, hostname="test", run_in_thread=run_in_thread), pending
+
+
+def test_a_first_login_makes_the_maildir_off_the_reactor(tmp_path: Any) -> None:
+    """A user who never received mail gets INBOX and the default folders at LOGIN, made
+    by the store's thread runner (mkdir and fsync), not by the session on the reactor;
+    the reply waits for them."""
+    store, pending = store_with_held_threads(str(tmp_path))
     clock = MemoryReactorClock()
     factory = plain_factory(store, clock, UserSessions())
     proto, transport = connect(factory, clock)
@@ -735,14 +744,7 @@ def test_a_folder_is_loaded_off_the_reactor_at_select(tmp_path: Any) -> None:
     """SELECT of a folder no session has open: its listing (every file of new/ and cur/,
     the UID list) is read by the store's thread runner, and the reply waits for it;
     another session's SELECT then finds it open."""
-    pending: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
-
-    def run_in_thread(f: Any, *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        pending.append((f, args, d))
-        return d
-
-    store = MaildirStore(str(tmp_path), hostname="test", run_in_thread=run_in_thread)
+    store, pending = store_with_held_threads(str(tmp_path))
     store.ensure_user(ALICE)  # as a delivery or a login before would have
     clock = MemoryReactorClock()
     factory = plain_factory(store, clock, UserSessions())
