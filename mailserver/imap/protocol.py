@@ -12,12 +12,14 @@ from twisted.logger import Logger
 from mailserver.imap.session import (
     AppendMessage,
     CopyMessages,
+    CreateFolder,
     IMAPLimits,
     IMAPSession,
     MeasureFolder,
     OpenFolder,
     Pause,
     ReadMessages,
+    RenameFolder,
     ScreenMessages,
     SetFlags,
     UserSessions,
@@ -161,6 +163,10 @@ class IMAPFactory(LimitedFactory):
                 return effect.folder.measure()
             if isinstance(effect, OpenFolder):
                 return self.store.open_folder(effect.address, effect.name)
+            if isinstance(effect, CreateFolder):
+                return self.store.create_folder(effect.address, effect.name)
+            if isinstance(effect, RenameFolder):
+                return self.store.rename_folder(effect.address, effect.old, effect.new)
             if isinstance(effect, Pause):
                 return task.deferLater(self.reactor, 0, lambda: None)
             if isinstance(effect, AppendMessage):

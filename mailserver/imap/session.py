@@ -195,6 +195,25 @@ class OpenFolder(Effect):
 
 
 @dataclass(frozen=True)
+class CreateFolder(Effect):
+    """Create the user's folder (MaildirStore.create_folder); done once it is durable.
+    Fails with FolderExists or BadName."""
+
+    address: str
+    name: str
+
+
+@dataclass(frozen=True)
+class RenameFolder(Effect):
+    """Rename the user's folder and its children (MaildirStore.rename_folder); done once
+    durable. Fails with NoSuchFolder, FolderExists or BadName."""
+
+    address: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
 class MeasureFolder(Effect):
     """Learn the sizes, line ends and dates of files other programs put in the folder
     (Folder.measure), before a command that reports them."""
@@ -813,7 +832,7 @@ class IMAPSession:
             self._send(line.encode() + p.quote(name) + b"\r\n")
         self._tagged(c.tag, "OK", f"{response} completed")
 
-    def _cmd_CREATE(self, c: p.Command) -> None:
+    def _cmd_CREATE(self, c: p.Command) -> Job:
         assert isinstance(c.args, p.Mailbox) and self.user is not None
         # RFC 3501 §6.3.3: a trailing delimiter only declares the intent to add children.
         name = c.args.mailbox.rstrip(DELIMITER) or c.args.mailbox
@@ -823,7 +842,7 @@ class IMAPSession:
         if not self._valid_new_name(c.tag, name):
             return
         try:
-            self.store.create_folder(self.user, name)
+            yield CreateFolder(self.user, name)
         except FolderExists:
             self._tagged(c.tag, "NO", "[ALREADYEXISTS] Mailbox exists")
             return
@@ -856,26 +875,29 @@ class IMAPSession:
             return None
         if old == "INBOX":
             return self._rename_inbox(c.tag, new)
+        return self._rename(c.tag, old, new)
+
+    def _rename(self, tag: str, old: str, new: str) -> Job:
+        assert self.user is not None
         try:
-            self.store.rename_folder(self.user, old, new)
+            yield RenameFolder(self.user, old, new)
         except NoSuchFolder:
-            self._tagged(c.tag, "NO", "[NONEXISTENT] No such mailbox")
-            return None
+            self._tagged(tag, "NO", "[NONEXISTENT] No such mailbox")
+            return
         except FolderExists:
-            self._tagged(c.tag, "NO", "[ALREADYEXISTS] Target mailbox exists")
-            return None
+            self._tagged(tag, "NO", "[ALREADYEXISTS] Target mailbox exists")
+            return
         except BadName as e:
-            self._tagged(c.tag, "NO", f"[CANNOT] {e}")
-            return None
-        self._tagged(c.tag, "OK", "RENAME completed")
-        return None
+            self._tagged(tag, "NO", f"[CANNOT] {e}")
+            return
+        self._tagged(tag, "OK", "RENAME completed")
 
     def _rename_inbox(self, tag: str, new: str) -> Job:
         """RFC 3501 §6.3.5: renaming INBOX moves all its messages to the new folder and
         leaves INBOX, empty, in place."""
         assert self.user is not None
         try:
-            self.store.create_folder(self.user, new)
+            yield CreateFolder(self.user, new)
         except FolderExists:
             self._tagged(tag, "NO", "[ALREADYEXISTS] Target mailbox exists")
             return

@@ -1047,11 +1047,12 @@ class MaildirStore:
         on the disk the first time (prepare_user runs it in a thread)."""
         user = self.user_path(address)
         if not os.path.isdir(os.path.join(user, "cur")):
-            _make_maildir(user, folder=False)
+            made = {_make_maildir(user, folder=False)}
             for name in DEFAULT_FOLDERS:
-                _make_maildir(os.path.join(user, "." + name), folder=True)
+                made.add(_make_maildir(os.path.join(user, "." + name), folder=True))
             with open(os.path.join(user, "subscriptions"), "w", encoding="utf-8") as f:
                 f.writelines(f"{name}\n" for name in DEFAULT_FOLDERS)
+            _fsync_dirs(made)
         self._made_users.add(user)
 
     # Folders ---------------------------------------------------------------------------
@@ -1152,18 +1153,22 @@ class MaildirStore:
                     names.append(entry[1:])
         return names
 
-    def create_folder(self, address: str, name: str) -> None:
-        """Create a folder and, as RFC 3501 §6.3.3 suggests, its missing parents."""
+    def create_folder(self, address: str, name: str) -> defer.Deferred[None]:
+        """Create a folder and, as RFC 3501 §6.3.3 suggests, its missing parents; fires
+        once they are durable (the directories are made here, their entries synced in a
+        thread). FolderExists, BadName at once."""
         path = self.folder_path(address, name)
         if name.upper() == "INBOX" or os.path.exists(path):
             raise FolderExists(name)
         self.ensure_user(address)
+        made = set()
         levels = name.split(".")
         for depth in range(1, len(levels)):
             parent = self.folder_path(address, ".".join(levels[:depth]))
             if not os.path.isdir(os.path.join(parent, "cur")):
-                _make_maildir(parent, folder=True)
-        _make_maildir(path, folder=True)
+                made.add(_make_maildir(parent, folder=True))
+        made.add(_make_maildir(path, folder=True))
+        return self.run_in_thread(_fsync_dirs, made)
 
     def delete_folder(self, address: str, name: str) -> None:
         """Remove a folder and its messages (not its sub-folders, which stay as they are).
@@ -1184,8 +1189,10 @@ class MaildirStore:
             folder._forget()
         self.run_in_thread(shutil.rmtree, doomed, True)
 
-    def rename_folder(self, address: str, old: str, new: str) -> None:
-        """Rename a folder and its sub-folders (RFC 3501 §6.3.5); not for INBOX."""
+    def rename_folder(self, address: str, old: str, new: str) -> defer.Deferred[None]:
+        """Rename a folder and its sub-folders (RFC 3501 §6.3.5); not for INBOX. Fires
+        once the renames are durable (the user's directory synced in a thread);
+        NoSuchFolder, FolderExists, BadName at once."""
         if old.upper() == "INBOX":
             raise BadName("INBOX is renamed by moving its messages")
         old_path = self.folder_path(address, old)
@@ -1207,7 +1214,7 @@ class MaildirStore:
         for depth in range(1, len(levels)):
             parent = self.folder_path(address, ".".join(levels[:depth]))
             if not os.path.isdir(os.path.join(parent, "cur")):
-                _make_maildir(parent, folder=True)
+                _make_maildir(parent, folder=True)  # in the user's directory, synced below
         for name, target in moves:
             source_path = self.folder_path(address, name)
             target_path = self.folder_path(address, target)
@@ -1218,7 +1225,7 @@ class MaildirStore:
                 folder.name, folder.path = target, target_path
                 folder.keywords.path = os.path.join(target_path, KEYWORDS_FILE)
                 self._open[target_path] = folder
-        fsync_dir(self.user_path(address))
+        return self.run_in_thread(_fsync_dirs, {self.user_path(address)})
 
     # Subscriptions (the ``subscriptions`` file, one name a line) ----------------------
     def subscriptions(self, address: str) -> list[str]:
@@ -1431,11 +1438,19 @@ def _plain_info(flags: frozenset[str]) -> str:
     return "".join(sorted(SYSTEM_FLAG_LETTERS[f] for f in flags if f in SYSTEM_FLAG_LETTERS))
 
 
-def _make_maildir(path: str, folder: bool) -> None:
+def _make_maildir(path: str, folder: bool) -> str:
+    """Make the Maildir's tmp/, new/ and cur/ (and a folder's marker); the directory that
+    holds its entry, to be synced to make it durable (_fsync_dirs)."""
     for sub in ("tmp", "new", "cur"):
         os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
     if folder:
         marker = os.path.join(path, "maildirfolder")
         if not os.path.exists(marker):
             open(marker, "wb").close()
-    fsync_dir(os.path.dirname(path.rstrip("/")) or ".")
+    return os.path.dirname(path.rstrip("/")) or "."
+
+
+def _fsync_dirs(directories: Iterable[str]) -> None:
+    """fsync each directory once; blocks, so run it in a thread."""
+    for directory in sorted(set(directories)):
+        fsync_dir(directory)

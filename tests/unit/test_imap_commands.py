@@ -764,3 +764,30 @@ def test_a_folder_is_loaded_off_the_reactor_at_select(tmp_path: Any) -> None:
     second.dataReceived(b"a LOGIN alice secret\r\ns EXAMINE INBOX\r\n")
     assert pending == []
     assert transport.value().endswith(b"s OK [READ-ONLY] EXAMINE completed\r\n")
+
+
+def test_create_and_rename_answer_once_their_directories_are_synced(tmp_path: Any) -> None:
+    """The directories are made and renamed at once, on the reactor (the index follows
+    them there); the fsync that makes them durable runs in a thread, and the OK waits."""
+    store, pending = store_with_held_threads(str(tmp_path))
+    store.ensure_user(ALICE)
+    factory = plain_factory(store, MemoryReactorClock(), UserSessions())
+    proto, transport = connect(factory, MemoryReactorClock())
+    proto.dataReceived(b"a LOGIN alice secret\r\n")
+    transport.clear()
+    user = os.path.join(str(tmp_path), "example.test", "alice")
+    for command, made in (
+        (b"c CREATE Projects.2024\r\n", ".Projects.2024"),
+        (b"r RENAME Projects Done\r\n", ".Done.2024"),
+    ):
+        proto.dataReceived(command)
+        assert os.path.isdir(os.path.join(user, made, "cur"))
+        assert [(f.__name__, args) for f, args, _ in pending] == [("_fsync_dirs", ({user},))]
+        assert transport.value() == b""
+        f, args, d = pending.pop()
+        d.callback(f(*args))  # the "thread" runs
+        assert transport.value().endswith(b" completed\r\n")
+        transport.clear()
+    proto.dataReceived(b"x CREATE Done\r\n")
+    assert pending == []
+    assert transport.value() == b"x NO [ALREADYEXISTS] Mailbox exists\r\n"

@@ -29,12 +29,14 @@ from mailserver.imap import session as imap_session
 from mailserver.imap.session import (
     AppendMessage,
     CopyMessages,
+    CreateFolder,
     IMAPLimits,
     IMAPSession,
     MeasureFolder,
     OpenFolder,
     Pause,
     ReadMessages,
+    RenameFolder,
     ScreenMessages,
     SetFlags,
     UserSessions,
@@ -193,6 +195,13 @@ class Client:
             return settled(effect.folder.measure())
         if isinstance(effect, OpenFolder):
             return settled(self.mail.store.open_folder(effect.address, effect.name))
+        store = self.mail.store
+        if isinstance(effect, CreateFolder):
+            return settled(maybeDeferred(store.create_folder, effect.address, effect.name))
+        if isinstance(effect, RenameFolder):
+            return settled(
+                maybeDeferred(store.rename_folder, effect.address, effect.old, effect.new)
+            )
         if isinstance(effect, AppendMessage):
             store = self.mail.store
             return settled(

@@ -119,7 +119,7 @@ class StoreTests(unittest.TestCase):
         SELECT would find messages that are elsewhere now); it is read again, and there
         is no folder there any more."""
         self.store.ensure_user(ALICE)
-        self.store.create_folder(ALICE, "Old")
+        await self.store.create_folder(ALICE, "Old")
         await self.store.deliver(ALICE, [MESSAGE], "Old")
         held: list[tuple[defer.Deferred[Folder], Callable[..., Folder], tuple[object, ...]]] = []
         real = self.store.run_in_thread
@@ -134,10 +134,11 @@ class StoreTests(unittest.TestCase):
         self.store.run_in_thread = real
         d, f, args = held.pop()
         loaded = f(*args)  # read before the rename...
-        self.store.rename_folder(ALICE, "Old", "New")
+        renamed = self.store.rename_folder(ALICE, "Old", "New")
         d.callback(loaded)  # ...handed over after it
         with self.assertRaises(NoSuchFolder):
             await opening
+        await renamed
         self.assertEqual(len((await self.store.open_folder(ALICE, "New")).messages), 1)
 
     async def test_unique_names(self) -> None:
