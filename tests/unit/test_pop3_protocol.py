@@ -20,7 +20,7 @@ from twisted.trial import unittest
 
 from mailserver.config import POP3Config
 from mailserver.pop3.protocol import POP3Factory
-from mailserver.store.maildir import MaildirStore
+from mailserver.store.maildir import Folder, MaildirStore
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -277,6 +277,25 @@ class POP3ProtocolTests(unittest.TestCase):
         assert await client.login(b"bob", b"hunter2") == b"+OK\r\n+OK 0 messages (0 octets)\r\n"
         assert made_on_main == [False]
         assert os.path.isdir(os.path.join(self.store.user_path(BOB), "cur"))
+        client.drop()
+
+    async def test_a_maildrop_not_open_is_listed_in_a_thread(self) -> None:
+        """PASS opens the maildrop: a folder no session has open is scanned (every file of
+        new/ and cur/) off the reactor, and the +OK waits for it."""
+        await self.deliver()
+        scanned_on_main: list[bool] = []
+        real_scan = Folder.scan
+
+        def scan(folder: Folder, announce: bool = True) -> None:
+            scanned_on_main.append(threading.current_thread() is threading.main_thread())
+            real_scan(folder, announce)
+
+        self.patch(Folder, "scan", scan)
+        self.factory.store = store = MaildirStore(self.store.root, hostname=HOST)
+        client = Client(self.factory)
+        assert await client.login() == f"+OK\r\n+OK 1 messages ({len(MESSAGE)} octets)\r\n".encode()
+        assert scanned_on_main == [False]
+        assert store.folder(ALICE).messages
         client.drop()
 
     async def test_wrong_password(self) -> None:
