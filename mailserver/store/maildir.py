@@ -225,10 +225,8 @@ class Keywords:
 class Folder:
     """The open index of one Maildir folder, shared by every session that uses it."""
 
-    def __init__(
-        self, store: MaildirStore, owner: str, name: str, path: str, scan: bool = True
-    ) -> None:
-        """``scan=False``: the caller scans it (MaildirStore.open_folder, in a thread)."""
+    def __init__(self, store: MaildirStore, owner: str, name: str, path: str) -> None:
+        """Empty until scanned: MaildirStore._load_folder makes and scans each one."""
         self.store = store
         self.owner = owner
         self.name = name
@@ -256,8 +254,6 @@ class Folder:
         self._doomed: set[str] = set()
         self._unlinking = 0
         self._unlinked_waiters = _Waiters()
-        if scan:
-            self.scan()
 
     # Identity and counters ---------------------------------------------------------
     @property
@@ -1100,7 +1096,7 @@ class MaildirStore:
             else:
                 raise NoSuchFolder(name)
         canonical = "INBOX" if name.upper() == "INBOX" else name
-        folder = Folder(self, address, canonical, path, scan=False)
+        folder = Folder(self, address, canonical, path)
         folder.scan(announce)
         return folder
 
@@ -1382,9 +1378,11 @@ class MaildirStore:
             d = self.open_folder(address)
             d.addCallback(self._check_quota, address, size)
             return d.addCallback(
-                lambda _: self._write_file(path, folder, chunks, flags, internal_date, chosen_base)
+                lambda _: self._write_file(
+                    path, folder, chunks, size, flags, internal_date, chosen_base
+                )
             )
-        return self._write_file(path, folder, chunks, flags, internal_date, chosen_base)
+        return self._write_file(path, folder, chunks, size, flags, internal_date, chosen_base)
 
     def _check_quota(self, inbox: Folder, address: str, size: int) -> None:
         """Raise QuotaExceeded if ``size`` more bytes do not fit in the user's INBOX (the
@@ -1397,11 +1395,11 @@ class MaildirStore:
         path: str,
         folder: str,
         chunks: Sequence[bytes],
+        size: int,
         flags: Iterable[str],
         internal_date: float | None,
         chosen_base: str | None,
     ) -> defer.Deferred[Stored]:
-        size = sum(len(c) for c in chunks)
         base = f"{chosen_base or unique_base(self.hostname)},S={size},W={size}"
         flag_set = frozenset(flags)
         open_folder = self._open.get(path)

@@ -29,6 +29,20 @@ ALICE = "alice@example.test"
 MESSAGE = b"Subject: hello\r\n\r\nbody\r\n"
 
 
+def record_scans_on_main_thread(test: unittest.TestCase) -> list[bool]:
+    """For each Folder.scan from now on (the test's patch), whether it ran on the main
+    thread, the reactor's."""
+    on_main: list[bool] = []
+    real_scan = Folder.scan
+
+    def scan(folder: Folder, announce: bool = True) -> None:
+        on_main.append(threading.current_thread() is threading.main_thread())
+        real_scan(folder, announce)
+
+    test.patch(Folder, "scan", scan)
+    return on_main
+
+
 class StoreTests(unittest.TestCase):
     def setUp(self) -> None:
         self.root = self.mktemp()
@@ -89,14 +103,7 @@ class StoreTests(unittest.TestCase):
             await self.store.deliver(ALICE, [MESSAGE])
         store = self.reopen()
         store.ensure_user(ALICE)
-        scanned_in: list[bool] = []
-        real_scan = Folder.scan
-
-        def scan(folder: Folder, announce: bool = True) -> None:
-            scanned_in.append(threading.current_thread() is threading.main_thread())
-            real_scan(folder, announce)
-
-        self.patch(Folder, "scan", scan)
+        scanned_in = record_scans_on_main_thread(self)
         first, second = await defer.gatherResults(
             [store.open_folder(ALICE), store.open_folder(ALICE)]
         )

@@ -20,7 +20,8 @@ from twisted.trial import unittest
 
 from mailserver.config import POP3Config
 from mailserver.pop3.protocol import POP3Factory
-from mailserver.store.maildir import Folder, MaildirStore
+from mailserver.store.maildir import MaildirStore
+from tests.unit.test_maildir import record_scans_on_main_thread
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -283,14 +284,7 @@ class POP3ProtocolTests(unittest.TestCase):
         """PASS opens the maildrop: a folder no session has open is scanned (every file of
         new/ and cur/) off the reactor, and the +OK waits for it."""
         await self.deliver()
-        scanned_on_main: list[bool] = []
-        real_scan = Folder.scan
-
-        def scan(folder: Folder, announce: bool = True) -> None:
-            scanned_on_main.append(threading.current_thread() is threading.main_thread())
-            real_scan(folder, announce)
-
-        self.patch(Folder, "scan", scan)
+        scanned_on_main = record_scans_on_main_thread(self)
         self.factory.store = store = MaildirStore(self.store.root, hostname=HOST)
         client = Client(self.factory)
         assert await client.login() == f"+OK\r\n+OK 1 messages ({len(MESSAGE)} octets)\r\n".encode()
