@@ -13,6 +13,7 @@ from mailserver.imap.session import (
     AppendMessage,
     CopyMessages,
     CreateFolder,
+    FilesGone,
     IMAPLimits,
     IMAPSession,
     MeasureFolder,
@@ -161,6 +162,8 @@ class IMAPFactory(LimitedFactory):
                 return effect.folder.set_flags_many(effect.changes, effect.then)
             if isinstance(effect, MeasureFolder):
                 return effect.folder.measure()
+            if isinstance(effect, FilesGone):
+                return effect.folder.expunged()
             if isinstance(effect, OpenFolder):
                 return self.store.open_folder(effect.address, effect.name)
             if isinstance(effect, CreateFolder):

@@ -222,6 +222,14 @@ class MeasureFolder(Effect):
 
 
 @dataclass(frozen=True)
+class FilesGone(Effect):
+    """Wait until the files of the folder's expunged messages are unlinked
+    (Folder.expunged), so that a tagged OK means they are gone from the disk."""
+
+    folder: Folder
+
+
+@dataclass(frozen=True)
 class Pause(Effect):
     """Let the reactor serve others before going on (a long reply in progress)."""
 
@@ -906,13 +914,15 @@ class IMAPSession:
         pairs = yield CopyMessages(inbox, tuple(m.uid for m in inbox.messages), dest)
         self._own_expunges.update(src for src, _ in pairs)
         try:
-            inbox.expunge([src for src, _ in pairs])
+            removed = inbox.expunge([src for src, _ in pairs])
         finally:
             self._own_expunges.clear()
         selected = self.selected
         if selected is not None and selected.folder is inbox:
-            for seq in selected.remove([src for src, _ in pairs]):
+            for seq in selected.remove(removed):
                 self._send(f"* {seq} EXPUNGE\r\n".encode())
+        if removed:
+            yield FilesGone(inbox)
         self._tagged(tag, "OK", "RENAME completed")
 
     def _cmd_SUBSCRIBE(self, c: p.Command) -> None:
@@ -1032,12 +1042,14 @@ class IMAPSession:
         self._updates(allow_expunge=True)
         self._tagged(c.tag, "OK", "CHECK completed")
 
-    def _cmd_CLOSE(self, c: p.Command) -> None:
+    def _cmd_CLOSE(self, c: p.Command) -> Job:
         assert self.selected is not None
-        if not self.selected.readonly:
-            # RFC 3501 §6.4.2: expunge silently.
-            self._expunge(None, report=False)
+        folder = self.selected.folder
+        # RFC 3501 §6.4.2: expunge silently.
+        removed = not self.selected.readonly and self._expunge(None, report=False)
         self._unselect()
+        if removed:
+            yield FilesGone(folder)
         self._tagged(c.tag, "OK", "CLOSE completed")
 
     def _cmd_UNSELECT(self, c: p.Command) -> None:
@@ -1045,7 +1057,7 @@ class IMAPSession:
         self._unselect()
         self._tagged(c.tag, "OK", "UNSELECT completed")
 
-    def _cmd_EXPUNGE(self, c: p.Command) -> None:
+    def _cmd_EXPUNGE(self, c: p.Command) -> Job:
         assert self.selected is not None
         if self.selected.readonly:
             self._tagged(c.tag, "NO", "[READ-ONLY] Mailbox is read-only")
@@ -1060,10 +1072,13 @@ class IMAPSession:
             targets = self._messages(c, c.args.sequence_set)
             assert targets is not None  # UID sets never fail
             only = {uid for _, uid in targets}
-        self._expunge(only, report=True)
+        if self._expunge(only, report=True):
+            yield FilesGone(self.selected.folder)
         self._tagged(c.tag, "OK", "EXPUNGE completed")
 
-    def _expunge(self, only: set[int] | None, report: bool) -> None:
+    def _expunge(self, only: set[int] | None, report: bool) -> bool:
+        """Expunge the selected folder's \\Deleted messages (of ``only``, if given);
+        whether any went."""
         assert self.selected is not None
         folder = self.selected.folder
         doomed = [
@@ -1081,6 +1096,7 @@ class IMAPSession:
         for seq in self.selected.remove(removed):
             if report:
                 self._send(f"* {seq} EXPUNGE\r\n".encode())
+        return bool(removed)
 
     def _messages(self, c: p.Command, sequence_set: p.SequenceSet) -> list[tuple[int, int]] | None:
         """The (seq, uid) pairs a command addresses, or None after a BAD reply."""
@@ -1158,13 +1174,13 @@ class IMAPSession:
                         return
                 for seq, uid in batch:
                     if not c.args.silent:
-                        self._send(self._fetch_line(seq, uid, self._flag_items(uid, c.uid)))
+                        self._send(self._fetch_line(seq, self._flag_items(uid, c.uid)))
                     elif uid in changes and self.condstore:
                         # RFC 7162 §3.1.3: even .SILENT reports the new MODSEQ.
                         items = [b"MODSEQ (%d)" % self._modseq(uid)]
                         if c.uid:
                             items.insert(0, b"UID %d" % uid)
-                        self._send(self._fetch_line(seq, uid, items))
+                        self._send(self._fetch_line(seq, items))
                 # Reported: a later change to these is news from others again.
                 self._own_flags.difference_update(uid for uid, _ in planned[i])
         finally:
@@ -1205,7 +1221,7 @@ class IMAPSession:
             listed = self._flag_lists[key] = ("(" + " ".join(flags) + ")").encode()
         return listed
 
-    def _fetch_line(self, seq: int, uid: int, items: list[bytes]) -> bytes:
+    def _fetch_line(self, seq: int, items: list[bytes]) -> bytes:
         return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
 
     def _cmd_FETCH(self, c: p.Command) -> Job | None:
@@ -1291,7 +1307,7 @@ class IMAPSession:
                 if needs_body:
                     self._out.extend(_fetch_response(seq, items))
                 else:  # no literals: one line, built the quick way
-                    self._send(self._fetch_line(seq, uid, cast(list[bytes], items)))
+                    self._send(self._fetch_line(seq, cast(list[bytes], items)))
         self._updates(allow_expunge=c.uid)
         self._tagged(c.tag, "OK", "FETCH completed")
 
@@ -1339,6 +1355,8 @@ class IMAPSession:
                 self._own_expunges.clear()
             for seq in selected.remove(removed):
                 self._send(f"* {seq} EXPUNGE\r\n".encode())
+            if removed:
+                yield FilesGone(folder)
         self._updates(allow_expunge=c.uid or move)
         self._tagged(c.tag, "OK", f"{code}{c.name} completed")
 
@@ -1521,7 +1539,7 @@ class IMAPSession:
             for uid in sorted(selected.flags_changed):
                 seq = selected.seq_of(uid)
                 if seq is not None and selected.folder.by_uid(uid) is not None:
-                    self._send(self._fetch_line(seq, uid, self._flag_items(uid, True)))
+                    self._send(self._fetch_line(seq, self._flag_items(uid, True)))
             selected.flags_changed = set()
 
 

@@ -766,6 +766,53 @@ def test_a_folder_is_loaded_off_the_reactor_at_select(tmp_path: Any) -> None:
     assert transport.value().endswith(b"s OK [READ-ONLY] EXAMINE completed\r\n")
 
 
+def test_expunge_and_close_answer_once_the_files_are_unlinked(tmp_path: Any) -> None:
+    """The untagged EXPUNGEs go out at once; the tagged OK of EXPUNGE (and of CLOSE,
+    which expunges silently) waits for the thread that unlinks the files, so that an OK
+    means they are gone from the disk."""
+    store, pending = store_with_held_threads(str(tmp_path))
+    store.ensure_user(ALICE)
+    cur = os.path.join(str(tmp_path), "example.test", "alice", "cur")
+
+    def put(name: str) -> None:
+        with open(os.path.join(cur, name), "wb") as f:
+            f.write(b"Subject: x\r\n\r\nbody\r\n")
+
+    for name in ("1.M1P1.test:2,T", "2.M2P1.test:2,S", "3.M3P1.test:2,ST"):
+        put(name)  # T: \Deleted
+    factory = plain_factory(store, MemoryReactorClock(), UserSessions())
+    proto, transport = connect(factory, MemoryReactorClock())
+    proto.dataReceived(b"a LOGIN alice secret\r\ns SELECT INBOX\r\n")
+    f, args, d = pending.pop()
+    d.callback(f(*args))  # the folder's first load
+    transport.clear()
+
+    def answered_after_unlink(command: bytes, untagged: bytes, tagged: bytes) -> None:
+        proto.dataReceived(command)
+        assert [f.__name__ for f, _, _ in pending] == ["_unlink_files"]
+        f, args, d = pending.pop()
+        assert transport.value() == untagged
+        assert all(os.path.exists(path) for path in args[0])
+        d.callback(f(*args))  # the "thread" runs
+        assert transport.value() == untagged + tagged
+        assert not any(os.path.exists(path) for path in args[0])
+        transport.clear()
+
+    answered_after_unlink(
+        b"e EXPUNGE\r\n", b"* 1 EXPUNGE\r\n* 2 EXPUNGE\r\n", b"e OK EXPUNGE completed\r\n"
+    )
+    assert os.listdir(cur) == ["2.M2P1.test:2,S"]
+    put("4.M4P1.test:2,T")  # another program's
+    proto.dataReceived(b"n NOOP\r\n")
+    assert transport.value().startswith(b"* 2 EXISTS\r\n")
+    transport.clear()
+    answered_after_unlink(b"c CLOSE\r\n", b"", b"c OK CLOSE completed\r\n")
+    assert os.listdir(cur) == ["2.M2P1.test:2,S"]
+    proto.dataReceived(b"s SELECT INBOX\r\ne EXPUNGE\r\n")
+    assert pending == []  # nothing to remove: no thread, no wait
+    assert transport.value().endswith(b"e OK EXPUNGE completed\r\n")
+
+
 def test_create_and_rename_answer_once_their_directories_are_synced(tmp_path: Any) -> None:
     """The directories are made and renamed at once, on the reactor (the index follows
     them there); the fsync that makes them durable runs in a thread, and the OK waits."""

@@ -30,6 +30,7 @@ from mailserver.imap.session import (
     AppendMessage,
     CopyMessages,
     CreateFolder,
+    FilesGone,
     IMAPLimits,
     IMAPSession,
     MeasureFolder,
@@ -193,6 +194,8 @@ class Client:
             return None
         if isinstance(effect, MeasureFolder):
             return settled(effect.folder.measure())
+        if isinstance(effect, FilesGone):
+            return settled(effect.folder.expunged())
         if isinstance(effect, OpenFolder):
             return settled(self.mail.store.open_folder(effect.address, effect.name))
         store = self.mail.store
