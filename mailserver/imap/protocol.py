@@ -20,6 +20,7 @@ from mailserver.imap.session import (
     OpenFolder,
     Pause,
     ReadMessages,
+    RefreshFolder,
     RenameFolder,
     ScreenMessages,
     SetFlags,
@@ -164,6 +165,8 @@ class IMAPFactory(LimitedFactory):
                 return effect.folder.measure()
             if isinstance(effect, FilesGone):
                 return effect.folder.expunged()
+            if isinstance(effect, RefreshFolder):
+                return effect.folder.refresh()
             if isinstance(effect, OpenFolder):
                 return self.store.open_folder(effect.address, effect.name)
             if isinstance(effect, CreateFolder):

@@ -222,6 +222,14 @@ class MeasureFolder(Effect):
 
 
 @dataclass(frozen=True)
+class RefreshFolder(Effect):
+    """Bring the folder's index up to date with what other programs changed on the disk
+    (Folder.refresh: a rescan, if one is needed, runs in a thread)."""
+
+    folder: Folder
+
+
+@dataclass(frozen=True)
 class FilesGone(Effect):
     """Wait until the files of the folder's expunged messages are unlinked
     (Folder.expunged), so that a tagged OK means they are gone from the disk."""
@@ -607,9 +615,10 @@ class IMAPSession:
         self._send(b"* CAPABILITY " + self._capabilities() + b"\r\n")
         self._tagged(c.tag, "OK", "CAPABILITY completed")
 
-    def _cmd_NOOP(self, c: p.Command) -> None:
+    def _cmd_NOOP(self, c: p.Command) -> Job:
         # RFC 3501 §6.1.2: NOOP is the client's poll for new mail.
-        self._refresh()
+        if self.selected is not None:
+            yield RefreshFolder(self.selected.folder)
         self._updates(allow_expunge=True)
         self._tagged(c.tag, "OK", "NOOP completed")
 
@@ -755,7 +764,7 @@ class IMAPSession:
         folder = yield from self._folder(c.tag, c.args.mailbox)
         if folder is None:
             return
-        folder.refresh()
+        yield RefreshFolder(folder)
         # RFC 3501 §2.3.2: a read-write session claims the recent messages for itself.
         recent = set(folder.recent_uids() if readonly else folder.claim_recent())
         selected = _Selected(folder, readonly, recent)
@@ -988,7 +997,7 @@ class IMAPSession:
         folder = yield from self._folder(c.tag, c.args.mailbox)
         if folder is None:
             return
-        folder.refresh()
+        yield RefreshFolder(folder)
         if "SIZE" in c.args.items and folder.unmeasured:
             yield MeasureFolder(folder)
         self._status(c, folder)
@@ -1024,7 +1033,10 @@ class IMAPSession:
         # RFC 2177: report changes at once until the client says DONE.
         self._idle_tag = c.tag
         self._send(b"+ idling\r\n")
-        self._refresh()
+        if self.selected is not None:
+            # Files other programs added or removed: the rescan runs in the background,
+            # and the bus announces what it finds like any other change.
+            self.selected.folder.refresh()
         self._updates(allow_expunge=True)
 
     def _idle_line(self, line: bytes) -> None:
@@ -1037,8 +1049,9 @@ class IMAPSession:
         self._tagged(tag, "OK", "IDLE terminated")
 
     # Selected (RFC 3501 §6.4) ----------------------------------------------------------
-    def _cmd_CHECK(self, c: p.Command) -> None:
-        self._refresh()
+    def _cmd_CHECK(self, c: p.Command) -> Job:
+        assert self.selected is not None
+        yield RefreshFolder(self.selected.folder)
         self._updates(allow_expunge=True)
         self._tagged(c.tag, "OK", "CHECK completed")
 
@@ -1496,12 +1509,6 @@ class IMAPSession:
             self._updates(allow_expunge=True)
             if self._wake is not None:
                 self._wake()
-
-    def _refresh(self) -> None:
-        """Notice files other programs added to or removed from the selected folder
-        (the bus then announces them like any other change)."""
-        if self.selected is not None:
-            self.selected.folder.refresh()
 
     def _updates(self, allow_expunge: bool) -> None:
         """Tell the client what others changed, as far as the moment allows."""

@@ -114,13 +114,14 @@ class POP3Connection:
 
     def _listed(self, folder: Folder) -> defer.Deferred[list[MaildropEntry]]:
         self.folder = folder
-        folder.refresh()
 
         def listed(_: None) -> list[MaildropEntry]:
             return [MaildropEntry(m.uid, unique_id_for(m.base), m.size) for m in folder.messages]
 
         # RFC 1939 §5 STAT and LIST give sizes: files other programs wrote are read first.
-        return folder.measure().addCallback(listed)
+        d = folder.refresh()
+        d.addCallback(lambda _: folder.measure())
+        return d.addCallback(listed)
 
     def _read(self, uid: int, upcoming: tuple[int, ...]) -> bytes | defer.Deferred[bytes]:
         """The message, at once when it was read ahead (no Deferred: the usual case of

@@ -100,6 +100,10 @@ SPLIT_SCREENING_ABOVE = 1000
 # A batch of this many renames or more runs in the file worker rather than a thread.
 RENAME_IN_WORKER_FROM = 32
 
+# How often a rescan in a thread is tried again when the index changed meanwhile, before
+# the folder is scanned on the reactor (Folder._rescanned).
+RESCAN_TRIES = 3
+
 # How many checked user directories the store remembers (see user_path).
 MAX_CACHED_PATHS = 10_000
 
@@ -184,6 +188,41 @@ def _read_files(plan: list[tuple[int, str, bool]]) -> dict[int, bytes]:
     return found
 
 
+def _read_folder(path: str) -> tuple[tuple[int, int], uidlist.UidList, dict[str, tuple[str, str]]]:
+    """What a scan reads of the folder at ``path``: the stamp of new/ and cur/ (taken
+    first, so that a change made while they are listed shows as one later), the UID list,
+    and each file's base name with its directory and info. Blocks on the disk."""
+    stamp = _dir_stamp(path)
+    stored = uidlist.load(path)
+    found: dict[str, tuple[str, str]] = {}
+    for subdir in ("new", "cur"):
+        for filename in os.listdir(os.path.join(path, subdir)):
+            if not filename.startswith("."):
+                base, info = parse_filename(filename)
+                found[base] = (subdir, info)
+    return stamp, stored, found
+
+
+def _dir_stamp(path: str) -> tuple[int, int]:
+    return (
+        os.stat(os.path.join(path, "new")).st_mtime_ns,
+        os.stat(os.path.join(path, "cur")).st_mtime_ns,
+    )
+
+
+@dataclass
+class _Scanned:
+    """A scan's index of a folder (Folder._index), not yet the Folder's (Folder._apply)."""
+
+    stamp: tuple[int, int]
+    stored: uidlist.UidList
+    messages: list[MessageInfo]
+    unmeasured: set[str]
+    appended: list[uidlist.UidRecord]
+    flag_changes: list[uidlist.UidRecord]
+    gone: bool
+
+
 class Keywords:
     """The folder's keyword ↔ letter table, stored as Dovecot's ``dovecot-keywords``."""
 
@@ -250,6 +289,10 @@ class Folder:
         self._moving: dict[int, _RenameBatch] = {}
         self._moved_waiters = _Waiters()
         self._refresh_wanted = False
+        # A rescan in a thread (refresh): who waits for it. And a counter of the changes
+        # to the index, by which its result is known to be stale.
+        self._rescanning: _Waiters | None = None
+        self._version = 0
         # Expunged messages whose files are being unlinked (a scan must not find them).
         self._doomed: set[str] = set()
         self._unlinking = 0
@@ -277,37 +320,96 @@ class Folder:
 
     # Scanning ------------------------------------------------------------------------
     def _stamp(self) -> tuple[int, int]:
-        return (
-            os.stat(os.path.join(self.path, "new")).st_mtime_ns,
-            os.stat(os.path.join(self.path, "cur")).st_mtime_ns,
-        )
+        return _dir_stamp(self.path)
 
-    def refresh(self) -> None:
+    def refresh(self) -> defer.Deferred[None]:
         """Rescan if another program changed new/ or cur/ since we last looked (after the
-        batch of renames in flight, if any: its own renames are not news)."""
+        batch of renames in flight, if any: its own renames are not news). The directories
+        are read in a thread, so that a large folder does not hold the reactor; the
+        Deferred fires once the index is up to date (at once if nothing changed)."""
         if self._moving:
             self._refresh_wanted = True
         elif not self.deleted and self._stamp() != self._dir_stamp:
+            return self._rescan()
+        return defer.succeed(None)
+
+    def _rescan(self) -> defer.Deferred[None]:
+        """Scan in a thread; the sessions that ask meanwhile share the one scan."""
+        if self._rescanning is not None:
+            return self._rescanning.wait(True)
+        waiters = self._rescanning = _Waiters()
+        done = waiters.wait(True)
+        self._start_rescan(RESCAN_TRIES)  # (may be done already, if run_in_thread is inline)
+        return done
+
+    def _start_rescan(self, tries: int) -> None:
+        # What the thread compares the disk with: taken here, as the index is only ever
+        # changed on the reactor; _rescanned throws the result away if it changed since.
+        flags = {uid: message.flags for uid, message in self._by_uid.items()}
+        validity = self._uidlist.uidvalidity if self.messages else None
+        version, path, doomed = self._version, self.path, frozenset(self._doomed)
+
+        def scan_here() -> _Scanned | None:
+            stamp, stored, found = _read_folder(path)
+            if validity is not None and stored.uidvalidity != validity:
+                return None  # the UID list was replaced: scan() keeps ours, on the reactor
+            return self._index(stamp, stored, found, flags.get, doomed)
+
+        d = self.store.run_in_thread(scan_here)
+        d.addBoth(self._rescanned, version, path, tries)
+
+    def _rescanned(
+        self, scanned: _Scanned | Failure | None, version: int, path: str, tries: int
+    ) -> None:
+        if self.deleted:
+            pass  # nothing left to bring up to date
+        elif self._moving:
+            self._refresh_wanted = True  # _renamed scans again once the renames are in
+        elif self._version != version or self.path != path:
+            if tries > 1:  # changed here meanwhile: what the thread made may be stale
+                self._start_rescan(tries - 1)
+                return
+            self.scan()  # changed every time: once more, here
+        elif isinstance(scanned, Failure):
+            log.failure("rescanning {path} failed", scanned, path=path)
+        elif scanned is None:
             self.scan()
+        else:
+            self._apply(scanned, announce=True)
+        waiters, self._rescanning = self._rescanning, None
+        assert waiters is not None
+        waiters.fire()
 
     def scan(self, announce: bool = True) -> None:
         """Read new/ and cur/, keep UIDs from the UID list, give new files new UIDs, and
         announce files that appeared or disappeared behind our back (``announce=False``:
         not from here, a thread: the first scan of a folder being opened, which has
-        nothing to announce to anyone but those listening, see MaildirStore._opened)."""
-        self._dir_stamp = self._stamp()
-        stored = uidlist.load(self.path)
+        nothing to announce to anyone but those listening, see MaildirStore._opened).
+        Blocks on the disk: refresh() does the same in a thread."""
+        stamp, stored, found = _read_folder(self.path)
         if stored.uidvalidity != self._uidlist.uidvalidity and self.messages:
             # The list was lost or replaced under us: keep ours, it is newer.
             stored = self._uidlist
-        found: dict[str, tuple[str, str]] = {}
-        for subdir in ("new", "cur"):
-            for filename in os.listdir(os.path.join(self.path, subdir)):
-                if filename.startswith("."):
-                    continue
-                base, info = parse_filename(filename)
-                if base not in self._doomed:
-                    found[base] = (subdir, info)
+
+        def flags(uid: int) -> frozenset[str] | None:
+            message = self._by_uid.get(uid)
+            return None if message is None else message.flags
+
+        self._apply(self._index(stamp, stored, found, flags, self._doomed), announce)
+
+    def _index(
+        self,
+        stamp: tuple[int, int],
+        stored: uidlist.UidList,
+        found: dict[str, tuple[str, str]],
+        flags_before: Callable[[int], frozenset[str] | None],
+        doomed: set[str] | frozenset[str],
+    ) -> _Scanned:
+        """The index of what _read_folder found (``stored`` is updated to match): the
+        files the UID list lacks get new UIDs, records of files gone go, and a message
+        whose flags differ from ``flags_before`` gets a new mod-sequence. Changes nothing
+        of this Folder (it may run in a thread)."""
+        found = {base: place for base, place in found.items() if base not in doomed}
         appended: list[uidlist.UidRecord] = []
         file_sizes: dict[str, int] = {}  # the S= of files not measured yet, for the quota
         for base in sorted(base for base in found if base not in stored.records):
@@ -333,8 +435,6 @@ class Folder:
             del stored.records[base]
         if gone:
             stored.highest_modseq += 1  # RFC 7162 §3.1.1: an expunge is a change too
-        self._uidlist = stored
-        old = self._by_uid
         messages = []
         flag_changes = []
         flag_sets: dict[str, frozenset[str]] = {}  # most files share a few flag suffixes
@@ -353,8 +453,8 @@ class Folder:
             flags = flag_sets.get(info) if subdir == "cur" else frozenset()
             if flags is None:
                 flags = flag_sets[info] = self._flags_from_info(info)
-            before = old.get(record.uid)
-            if before is not None and before.flags != flags:
+            before = flags_before(record.uid)
+            if before is not None and before != flags:
                 # Another program renamed the file with other flags.
                 stored.highest_modseq += 1
                 record.modseq = stored.highest_modseq
@@ -371,14 +471,23 @@ class Folder:
                     modseq=record.modseq,
                 )
             )
-        if gone:
+        return _Scanned(stamp, stored, messages, unmeasured, appended, flag_changes, bool(gone))
+
+    def _apply(self, scanned: _Scanned, announce: bool) -> None:
+        """Make a scan's index this Folder's, write the UID list, and announce."""
+        stored, flag_changes = scanned.stored, scanned.flag_changes
+        if scanned.gone:
             uidlist.rewrite(self.path, stored)
-        elif appended or flag_changes:
-            uidlist.append(self.path, stored, appended + flag_changes, bool(flag_changes))
-        self.messages = messages
-        self._unmeasured = unmeasured
-        self._by_uid = {m.uid: m for m in messages}
-        self._by_base = {m.base: m for m in messages}
+        elif scanned.appended or flag_changes:
+            uidlist.append(self.path, stored, scanned.appended + flag_changes, bool(flag_changes))
+        self._version += 1
+        self._dir_stamp = scanned.stamp
+        self._uidlist = stored
+        old = self._by_uid
+        self.messages = scanned.messages
+        self._unmeasured = scanned.unmeasured
+        self._by_uid = {m.uid: m for m in scanned.messages}
+        self._by_base = {m.base: m for m in scanned.messages}
         if not announce:
             return
         bus = self.store.bus
@@ -435,6 +544,7 @@ class Folder:
             for waiter in waiters:
                 waiter.errback(result)
             return None
+        self._version += 1
         changed = []
         for base, path, found in result:
             message = self._by_base.get(base)
@@ -508,6 +618,7 @@ class Folder:
         new_flags = frozenset(f for f in flags if f != "\\Recent")
         if new_flags == message.flags and message.subdir == "cur":
             return message
+        self._version += 1
         old_path = self.file_path(message)
         old_flags = message.flags
         message.flags = self._kept_flags(new_flags)
@@ -593,6 +704,7 @@ class Folder:
         batch: _RenameBatch,
     ) -> list[int] | Failure:
         """Bring the index up to date with a batch of renames (set_flags_many)."""
+        self._version += 1
         for uid, _, _, _ in moves:
             del self._moving[uid]
         changed: list[int] = []
@@ -636,7 +748,7 @@ class Folder:
             if not self._moving:  # the last batch in flight: the directories hold still
                 refresh, self._refresh_wanted = self._refresh_wanted, False
                 if refresh:
-                    self.scan()  # someone asked meanwhile: see what is there
+                    self._rescan()  # someone asked meanwhile: see what is there
                 else:
                     self._dir_stamp = self._stamp()
             batch.applied.fire()
@@ -676,6 +788,7 @@ class Folder:
         alone. The claim is recorded in the UID list; the files stay where they are."""
         recent = self.recent_uids()
         if recent:
+            self._version += 1
             self._uidlist.first_recent_uid = recent[-1] + 1
             uidlist.claim_recent(self.path, self._uidlist)
         return recent
@@ -702,6 +815,7 @@ class Folder:
             removed.append(uid)
         if not removed:
             return removed
+        self._version += 1
         gone = set(removed)
         self.messages = [m for m in self.messages if m.uid not in gone]
         self._uidlist.highest_modseq += 1  # RFC 7162 §3.1.1: an expunge is a change
@@ -714,6 +828,7 @@ class Folder:
         return removed
 
     def _unlinked(self, result: object, bases: set[str]) -> None:
+        self._version += 1
         self._unlinking -= 1
         self._doomed -= bases
         if isinstance(result, Failure):
@@ -816,6 +931,7 @@ class Folder:
         known = self._by_base.get(base)
         if known is not None:
             return known.uid
+        self._version += 1
         uid = self._uidlist.uidnext
         self._uidlist.uidnext += 1
         self._uidlist.highest_modseq += 1

@@ -804,6 +804,8 @@ def test_expunge_and_close_answer_once_the_files_are_unlinked(tmp_path: Any) -> 
     assert os.listdir(cur) == ["2.M2P1.test:2,S"]
     put("4.M4P1.test:2,T")  # another program's
     proto.dataReceived(b"n NOOP\r\n")
+    f, args, d = pending.pop()
+    d.callback(f(*args))  # the rescan NOOP asks for
     assert transport.value().startswith(b"* 2 EXISTS\r\n")
     transport.clear()
     answered_after_unlink(b"c CLOSE\r\n", b"", b"c OK CLOSE completed\r\n")

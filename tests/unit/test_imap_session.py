@@ -37,6 +37,7 @@ from mailserver.imap.session import (
     OpenFolder,
     Pause,
     ReadMessages,
+    RefreshFolder,
     RenameFolder,
     ScreenMessages,
     SetFlags,
@@ -196,6 +197,8 @@ class Client:
             return settled(effect.folder.measure())
         if isinstance(effect, FilesGone):
             return settled(effect.folder.expunged())
+        if isinstance(effect, RefreshFolder):
+            return settled(effect.folder.refresh())
         if isinstance(effect, OpenFolder):
             return settled(self.mail.store.open_folder(effect.address, effect.name))
         store = self.mail.store

@@ -6,6 +6,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -254,7 +255,7 @@ class StoreTests(unittest.TestCase):
             f.write(b"Subject: x\n\nline\n")
         os.utime(path, (1_700_000_000, 1_700_000_000))
         os.utime(os.path.join(folder.path, "cur"), ns=(1, 1))
-        folder.refresh()
+        await folder.refresh()
         (message,) = folder.messages
         self.assertEqual(message.flags, {"\\Seen"})
         # Listing it reads nothing: its size, line ends and date wait for measure().
@@ -542,6 +543,7 @@ class PipelinedFlagTests(unittest.TestCase):
         self.assertNoResult(moved)
         self.run_job()
         self.successResultOf(moved)
+        self.run_job()  # the rescan asked for meanwhile, in a thread
         self.assertEqual(len(self.folder.messages), 5)
 
 
@@ -561,6 +563,81 @@ class Meanwhile:
         while self.after:
             self.after.pop(0)()
         return defer.succeed(result)
+
+
+class RescanTests(unittest.TestCase):
+    """Folder.refresh: what other programs changed is read in a thread, and a result made
+    stale by a change to the index meanwhile is not applied."""
+
+    def setUp(self) -> None:
+        self.meanwhile = Meanwhile()
+        self.store = MaildirStore(self.mktemp(), hostname="host", run_in_thread=self.meanwhile)
+        for i in range(3):
+            self.successResultOf(self.store.deliver(ALICE, [MESSAGE + b"%d\r\n" % i]))
+        self.folder = self.store.folder(ALICE)
+        self.uids = [m.uid for m in self.folder.messages]
+        self.changes: list[object] = []
+        self.store.bus.subscribe(self.folder.key, self.changes.append)
+
+    def put_foreign(self, name: str) -> None:
+        with open(os.path.join(self.folder.path, "new", name), "wb") as f:
+            f.write(b"Subject: from elsewhere\r\n\r\n")
+
+    def test_the_rescan_runs_in_the_thread_runner_and_is_shared(self) -> None:
+        held: list[tuple[defer.Deferred[object], Any, tuple[object, ...]]] = []
+
+        def later(f: Any, *args: object) -> defer.Deferred[object]:
+            held.append((defer.Deferred(), f, args))
+            return held[-1][0]
+
+        self.store.run_in_thread = later
+        self.put_foreign("1.foreign.host")
+        first, second = self.folder.refresh(), self.folder.refresh()
+        self.assertEqual(len(held), 1)  # one scan for both
+        self.assertNoResult(first)
+        self.assertEqual(len(self.folder.messages), 3)  # nothing read on the reactor
+        d, f, args = held.pop()
+        d.callback(f(*args))
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual([m.uid for m in self.folder.messages], [*self.uids, self.uids[-1] + 1])
+        self.assertEqual(self.changes, [Appended(self.folder.key, self.uids[-1] + 1)])
+        self.successResultOf(self.folder.refresh())  # nothing changed since: no thread
+        self.assertEqual(held, [])
+
+    def test_a_result_made_stale_meanwhile_is_read_again(self) -> None:
+        """A flag set while the thread scanned: the listing it made has the old file
+        name; applied, it would undo the flag. The scan is done again instead, up to
+        RESCAN_TRIES times, and then once more on the reactor."""
+        self.put_foreign("1.foreign.host")
+        uid = self.uids[0]
+        flags = [{"\\Seen"}, {"\\Flagged"}, {"\\Answered"}]
+        meanwhile = [partial(self.folder.set_flags, uid, wanted) for wanted in flags]
+
+        def one_change_a_scan(f: Any, *args: object) -> defer.Deferred[object]:
+            result = f(*args)
+            meanwhile.pop(0)()
+            return defer.succeed(result)
+
+        self.store.run_in_thread = one_change_a_scan
+        scans = record_scans_on_main_thread(self)
+        self.successResultOf(self.folder.refresh())
+        self.assertEqual(meanwhile, [])
+        self.assertEqual(scans, [True])  # changed every time: the last scan on the reactor
+        self.assertEqual(self.folder.by_uid(uid).flags, {"\\Answered"})  # type: ignore[union-attr]
+        self.assertEqual(len(self.folder.messages), 4)
+        self.assertEqual(
+            [c for c in self.changes if isinstance(c, FlagsChanged)],
+            [FlagsChanged(self.folder.key, uid, frozenset(f)) for f in flags],
+        )
+
+    def test_one_stale_result_costs_one_more_thread_scan(self) -> None:
+        self.put_foreign("1.foreign.host")
+        self.meanwhile.after.append(lambda: self.folder.claim_recent())
+        scans = record_scans_on_main_thread(self)
+        self.successResultOf(self.folder.refresh())
+        self.assertEqual(scans, [])  # read again in the "thread", not on the reactor
+        self.assertEqual(len(self.folder.messages), 4)
 
 
 class FlagBatchTests(unittest.TestCase):
