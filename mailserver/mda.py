@@ -54,6 +54,8 @@ class MDA:
             copies.append(d)
         if not copies:
             return defer.fail(LookupError("no local mailbox for " + ", ".join(recipients)))
+        if len(copies) == 1:  # the common case, without a DeferredList around it
+            return copies[0].addCallback(lambda stored: [stored])
         gathered = defer.gatherResults(copies, consumeErrors=True)
         gathered.addErrback(lambda f: f.value.subFailure)
         return gathered

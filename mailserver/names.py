@@ -6,6 +6,7 @@ Everything that fails raises :class:`BadName` with a message fit for a protocol 
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -31,8 +32,11 @@ class BadName(ValueError):
     """A name from the network that may not be used."""
 
 
+@functools.lru_cache(maxsize=4096)
 def split_address(address: str) -> tuple[str, str]:
-    """Return (local part, domain in lower case) of a plain ``local@domain`` address."""
+    """Return (local part, domain in lower case) of a plain ``local@domain`` address.
+    Remembered for the last addresses seen: a message's recipient is split three times
+    on its way (the RCPT check, the directory, the delivery)."""
     local, sep, domain = address.rpartition("@")
     if not sep or not local or not domain:
         raise BadName(f"not an address: {address!r}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -10,6 +10,12 @@ class Reply:
     code: int
     enhanced: str  # "" when the reply carries no enhanced status code (greeting, EHLO)
     text: str | tuple[str, ...]
+    # The reply on the wire, made once: the common ones (250 to MAIL and RCPT, 354) are
+    # module constants, sent for every message.
+    encoded: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoded", self._encode())
 
     @property
     def positive(self) -> bool:
@@ -24,6 +30,9 @@ class Reply:
 
     def encode(self) -> bytes:
         """``code-text`` continuation lines and a final ``code text`` (RFC 5321 §4.2.1)."""
+        return self.encoded
+
+    def _encode(self) -> bytes:
         lines = self.lines()
         out = []
         for i, line in enumerate(lines):

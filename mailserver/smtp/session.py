@@ -100,6 +100,8 @@ _DATA_END = b"."
 _NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter of MAIL")
 # RFC 4954 §4: AUTH command and response lines may be up to 12288 octets.
 MAX_AUTH_LINE = 12288
+# RFC 5321 §4.2.2 (no enhanced code: RFC 2034 §3 gives none to 3xx replies).
+START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 # RFC 3461 §4: xtext, "+XX" escapes for octets outside "!" to "~" and for "+" and "=".
 _XTEXT = re.compile(r"^(?:[!-*,-<>-~]|\+[0-9A-F]{2})+$")
 
@@ -530,7 +532,7 @@ class SMTPSession:
             self._error(Reply(554, "5.5.1", "No valid recipients"))
             return
         self._data = _DataReader(self.limits)
-        self._reply(Reply(354, "", "End data with <CR><LF>.<CR><LF>"))
+        self._reply(START_DATA)
 
     def _do_RSET(self, argument: str) -> None:
         if argument:

@@ -1444,6 +1444,8 @@ class MaildirStore:
                 d.addErrback(self._remade_user, address, attempt)  # once: no loop
             return d
 
+        if unique is None and (not inbox or self.user_path(address) in self._made_users):
+            return write()  # the common case: nothing to wait for first
         d = self.prepare_user(address) if inbox else defer.succeed(None)
         if unique is not None:
             base = f"{unique}.{_host_part(self.hostname)}"
