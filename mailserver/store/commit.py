@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -87,35 +88,60 @@ def _sync_files(written: Sequence[tuple[FileJob, int]]) -> list[tuple[FileJob, i
     fsync waits for its own flush of the disk's cache, one syncfs flushes it once for
     all (a batch of four, here: 1.0 ms instead of 1.8). It also writes whatever else is
     waiting on that filesystem, which is why the Maildir is best on a filesystem of its
-    own. A job that fails gets its error, and its file is removed from tmp/."""
-    dated: list[tuple[FileJob, int, os.stat_result]] = []
+    own. A job that fails gets its error, and its file is removed from tmp/.
+
+    A message's date is the moment it was written (or the one asked for, set on the
+    file), and a file's device is its tmp/ directory's: an fstat of each file would be
+    one more system call in the thread, and each of those waits for the interpreter lock
+    the reactor holds (in interleaved runs, 10 SMTP connections made 5-7 % more messages
+    a second without it)."""
+    written_at = time.time()
+    dated: list[tuple[FileJob, int, float, int]] = []
     for job, fd in written:
         try:
             if job.mtime is not None:
                 os.utime(fd, (job.mtime, job.mtime))
-            dated.append((job, fd, os.fstat(fd)))
+            device = _device_of(os.path.dirname(job.tmp))
         except OSError as e:
             _fail(job, e)
-    if len(dated) > 1 and _one_filesystem(status.st_dev for _, _, status in dated):
+        else:
+            dated.append((job, fd, written_at if job.mtime is None else job.mtime, device))
+    if len(dated) > 1 and _one_filesystem(device for _, _, _, device in dated):
         try:
             sync_filesystem(dated[0][1])
         except OSError as e:
-            for job, _, _ in dated:
+            for job, _, _, _ in dated:
                 _fail(job, e)
             return []
         synced = dated
     else:
         synced = []
-        for job, fd, status in dated:
+        for entry in dated:
             try:
-                os.fsync(fd)
+                os.fsync(entry[1])
             except OSError as e:
-                _fail(job, e)
+                _fail(entry[0], e)
             else:
-                synced.append((job, fd, status))
-    for job, _, status in synced:
-        job.result = status.st_mtime
-    return [(job, status.st_dev) for job, _, status in synced]
+                synced.append(entry)
+    for job, _, date, _ in synced:
+        job.result = date
+    return [(job, device) for job, _, _, device in synced]
+
+
+# The device of each tmp/ directory a file was written in (a directory does not move to
+# another filesystem while we run), for as many as MAX_DEVICES directories.
+_devices: dict[str, int] = {}
+MAX_DEVICES = 10_000
+
+
+def _device_of(directory: str) -> int:
+    device = _devices.get(directory)
+    if device is None:
+        device = os.stat(directory).st_dev
+        if len(_devices) >= MAX_DEVICES:
+            _devices.clear()
+        _devices[directory] = device
+    return device
 
 
 def _sync_directories(by_directory: dict[str, list[tuple[FileJob, int]]]) -> None:
