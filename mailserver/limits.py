@@ -6,6 +6,7 @@ BYE, POP3 -ERR) and is closed at once, before any session is built for it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import secrets
 from collections import Counter
@@ -28,7 +29,10 @@ def peer_host(addr: IAddress) -> str:
     return str(getattr(addr, "host", addr))
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback(host: str) -> bool:
+    """Whether a peer's address is a loopback one (kept for the last peers: ipaddress
+    takes some 5 µs to parse one, for every connection)."""
     try:
         return ipaddress.ip_address(host.split("%")[0]).is_loopback
     except ValueError:
