@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -50,3 +51,15 @@ def test_bench_tiny_ours_only(tmp_path) -> None:
         "ours/postfix-dovecot",
         "cpu_s_per_1000/ours",
     } <= row.keys()
+
+
+def test_smtp_path_measures_our_own_work_per_message() -> None:
+    """bench.smtp_path: the real MTA driven in memory, at a few messages a mode."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.smtp_path", "--messages", "20", "--runs", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.findall(r"^(.+): ([0-9.]+) µs a message", done.stdout, re.MULTILINE)
+    assert [mode for mode, _ in found] == ["10 connections", "a connection a message"]
+    assert all(float(took) > 0 for _, took in found), done.stdout
