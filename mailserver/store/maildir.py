@@ -217,10 +217,15 @@ class _Scanned:
     stamp: tuple[int, int]
     stored: uidlist.UidList
     messages: list[MessageInfo]
+    by_uid: dict[int, MessageInfo]
+    by_base: dict[str, MessageInfo]
     unmeasured: set[str]
     appended: list[uidlist.UidRecord]
     flag_changes: list[uidlist.UidRecord]
     gone: bool
+    # The UIDs that went and came since the index it was compared with (announced).
+    removed_uids: list[int]
+    added_uids: list[int]
 
 
 class Keywords:
@@ -353,7 +358,7 @@ class Folder:
             stamp, stored, found = _read_folder(path)
             if validity is not None and stored.uidvalidity != validity:
                 return None  # the UID list was replaced: scan() keeps ours, on the reactor
-            return self._index(stamp, stored, found, flags.get, doomed)
+            return self._index(stamp, stored, found, flags, doomed)
 
         d = self.store.run_in_thread(scan_here)
         d.addBoth(self._rescanned, version, path, tries)
@@ -391,10 +396,7 @@ class Folder:
             # The list was lost or replaced under us: keep ours, it is newer.
             stored = self._uidlist
 
-        def flags(uid: int) -> frozenset[str] | None:
-            message = self._by_uid.get(uid)
-            return None if message is None else message.flags
-
+        flags = {uid: message.flags for uid, message in self._by_uid.items()}
         self._apply(self._index(stamp, stored, found, flags, self._doomed), announce)
 
     def _index(
@@ -402,13 +404,13 @@ class Folder:
         stamp: tuple[int, int],
         stored: uidlist.UidList,
         found: dict[str, tuple[str, str]],
-        flags_before: Callable[[int], frozenset[str] | None],
+        flags_before: dict[int, frozenset[str]],
         doomed: set[str] | frozenset[str],
     ) -> _Scanned:
         """The index of what _read_folder found (``stored`` is updated to match): the
         files the UID list lacks get new UIDs, records of files gone go, and a message
-        whose flags differ from ``flags_before`` gets a new mod-sequence. Changes nothing
-        of this Folder (it may run in a thread)."""
+        whose flags differ from ``flags_before`` (the index so far, by UID) gets a new
+        mod-sequence. Changes nothing of this Folder (it may run in a thread)."""
         found = {base: place for base, place in found.items() if base not in doomed}
         appended: list[uidlist.UidRecord] = []
         file_sizes: dict[str, int] = {}  # the S= of files not measured yet, for the quota
@@ -453,7 +455,7 @@ class Folder:
             flags = flag_sets.get(info) if subdir == "cur" else frozenset()
             if flags is None:
                 flags = flag_sets[info] = self._flags_from_info(info)
-            before = flags_before(record.uid)
+            before = flags_before.get(record.uid)
             if before is not None and before != flags:
                 # Another program renamed the file with other flags.
                 stored.highest_modseq += 1
@@ -471,7 +473,20 @@ class Folder:
                     modseq=record.modseq,
                 )
             )
-        return _Scanned(stamp, stored, messages, unmeasured, appended, flag_changes, bool(gone))
+        by_uid = {m.uid: m for m in messages}
+        return _Scanned(
+            stamp,
+            stored,
+            messages,
+            by_uid,
+            {m.base: m for m in messages},
+            unmeasured,
+            appended,
+            flag_changes,
+            bool(gone),
+            sorted(flags_before.keys() - by_uid.keys()),
+            sorted(by_uid.keys() - flags_before.keys()),
+        )
 
     def _apply(self, scanned: _Scanned, announce: bool) -> None:
         """Make a scan's index this Folder's, write the UID list, and announce."""
@@ -483,20 +498,20 @@ class Folder:
         self._version += 1
         self._dir_stamp = scanned.stamp
         self._uidlist = stored
-        old = self._by_uid
+        had_messages = bool(self._by_uid)
         self.messages = scanned.messages
         self._unmeasured = scanned.unmeasured
-        self._by_uid = {m.uid: m for m in scanned.messages}
-        self._by_base = {m.base: m for m in scanned.messages}
+        self._by_uid = scanned.by_uid
+        self._by_base = scanned.by_base
         if not announce:
             return
         bus = self.store.bus
-        for uid in sorted(set(old) - set(self._by_uid)):
+        for uid in scanned.removed_uids:
             bus.publish(Expunged(self.key, uid))
         for record in flag_changes:
             bus.publish(FlagsChanged(self.key, record.uid, self._by_uid[record.uid].flags))
-        for uid in sorted(set(self._by_uid) - set(old)):
-            if old or self.store.bus.listeners(self.key):
+        if had_messages or bus.listeners(self.key):
+            for uid in scanned.added_uids:
                 bus.publish(Appended(self.key, uid))
 
     # Measuring ---------------------------------------------------------------------
