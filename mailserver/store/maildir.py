@@ -1460,7 +1460,8 @@ class MaildirStore:
             return d
 
         if unique is None and (not inbox or self.user_path(address) in self._made_users):
-            return write()  # the common case: nothing to wait for first
+            # The common case: nothing to wait for first (and an error still a Deferred's).
+            return defer.maybeDeferred(write)
         d = self.prepare_user(address) if inbox else defer.succeed(None)
         if unique is not None:
             base = f"{unique}.{_host_part(self.hostname)}"

@@ -248,6 +248,18 @@ class StoreTests(unittest.TestCase):
         got = await folder.read_many([*uids, 99])
         self.assertEqual(got, {uids[0]: bodies[0], uids[1]: bodies[1]})
 
+    def test_a_delivery_that_fails_at_once_fails_its_deferred(self) -> None:
+        """The common case (a known user, no repeat key) writes without waiting first: an
+        error on the way is still the Deferred's, never raised at the caller."""
+        store = MaildirStore(self.mktemp(), hostname="host.example", run_in_thread=Meanwhile())
+        self.successResultOf(store.deliver(ALICE, [MESSAGE]))  # alice is known now
+
+        def broken(job: object) -> defer.Deferred[float]:
+            raise OSError("disk gone")
+
+        store.commit = broken
+        self.failureResultOf(store.deliver(ALICE, [MESSAGE]), OSError)
+
     async def test_foreign_lf_file_is_picked_up_and_served_with_crlf(self) -> None:
         folder = self.store.folder(ALICE)
         path = os.path.join(folder.path, "cur", "123.foreign.host:2,S")
