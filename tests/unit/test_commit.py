@@ -250,7 +250,10 @@ class GroupCommitterTests(unittest.TestCase):
         self.entered = threading.Event()  # a thread is at the gate with its batch
         real_batch = commit.commit_batch
 
+        self.at_gate: list[int] = []  # the size of each batch that reached the gate
+
         def gated_batch(jobs: list[FileJob]) -> None:
+            self.at_gate.append(len(jobs))
             self.entered.set()
             self.gate.wait(10)
             self.batches.append(len(jobs))
@@ -272,6 +275,37 @@ class GroupCommitterTests(unittest.TestCase):
         self.assertEqual(self.batches, [1, 3])
         self.assertTrue(dates[0] < dates[1] == dates[2] == dates[3])
         self.assertEqual([t[:2] for t in self.reactor.triggers], [("before", "shutdown")])
+
+    async def _one_batch_at_the_gate(self, committer: GroupCommitter) -> defer.Deferred[float]:
+        self.gate.clear()
+        first = committer.commit(self.folders.job())
+        while not self.entered.is_set():
+            await _turn()
+        return first
+
+    async def test_a_few_waiting_jobs_wait_for_the_busy_thread(self) -> None:
+        committer = GroupCommitter(self.reactor, threads=2)
+        ds = [await self._one_batch_at_the_gate(committer)]
+        ds += [committer.commit(self.folders.job()) for _ in range(commit.PARALLEL_FROM - 1)]
+        for _ in range(20):
+            await _turn()
+        self.assertEqual(self.at_gate, [1])  # no second thread took them
+        self.gate.set()
+        await defer.gatherResults(ds)
+        self.assertEqual(self.batches, [1, commit.PARALLEL_FROM - 1])
+
+    async def test_enough_waiting_jobs_get_a_second_thread(self) -> None:
+        committer = GroupCommitter(self.reactor, threads=2)
+        ds = [await self._one_batch_at_the_gate(committer)]
+        ds += [committer.commit(self.folders.job()) for _ in range(commit.PARALLEL_FROM)]
+        for _ in range(2000):
+            if len(self.at_gate) == 2:
+                break
+            await _turn()
+        self.assertEqual(self.at_gate, [1, commit.PARALLEL_FROM])  # beside the first
+        self.gate.set()
+        await defer.gatherResults(ds)
+        self.assertEqual(sorted(self.batches), [1, commit.PARALLEL_FROM])
 
     async def test_an_error_fails_only_its_job(self) -> None:
         bad, good = self.folders.job(), self.folders.job()
