@@ -222,7 +222,7 @@ class _Scanned:
     unmeasured: set[str]
     appended: list[uidlist.UidRecord]
     flag_changes: list[uidlist.UidRecord]
-    gone: bool
+    gone: list[uidlist.UidRecord]  # the records of files no longer there
     # The UIDs that went and came since the index it was compared with (announced).
     removed_uids: list[int]
     added_uids: list[int]
@@ -432,9 +432,7 @@ class Folder:
             stored.uidnext += 1
             stored.records[base] = record
             appended.append(record)
-        gone = [base for base in stored.records if base not in found]
-        for base in gone:
-            del stored.records[base]
+        gone = [stored.records.pop(base) for base in list(stored.records) if base not in found]
         if gone:
             stored.highest_modseq += 1  # RFC 7162 §3.1.1: an expunge is a change too
         messages = []
@@ -483,7 +481,7 @@ class Folder:
             unmeasured,
             appended,
             flag_changes,
-            bool(gone),
+            gone,
             sorted(flags_before.keys() - by_uid.keys()),
             sorted(by_uid.keys() - flags_before.keys()),
         )
@@ -491,10 +489,14 @@ class Folder:
     def _apply(self, scanned: _Scanned, announce: bool) -> None:
         """Make a scan's index this Folder's, write the UID list, and announce."""
         stored, flag_changes = scanned.stored, scanned.flag_changes
-        if scanned.gone:
-            uidlist.rewrite(self.path, stored)
-        elif scanned.appended or flag_changes:
-            uidlist.append(self.path, stored, scanned.appended + flag_changes, bool(flag_changes))
+        if scanned.gone or scanned.appended or flag_changes:
+            uidlist.append(
+                self.path,
+                stored,
+                scanned.appended + flag_changes,
+                updated=bool(flag_changes),
+                removed=scanned.gone,
+            )
         self._version += 1
         self._dir_stamp = scanned.stamp
         self._uidlist = stored
@@ -812,19 +814,22 @@ class Folder:
     def expunge(self, uids: Iterable[int]) -> list[int]:
         """Remove these messages from the index and announce each; return the UIDs
         removed. Their files are unlinked in a thread (10,000 unlinks would hold the
-        reactor for a sixth of a second), and the UID list is rewritten after that:
+        reactor for a sixth of a second), and the UID list notes the expunge after that:
         a crash in between brings the messages back, never loses one. ``expunged()``
         fires once the files are gone."""
         removed = []
         paths = []
         bases = set()
+        records = []
         for uid in sorted(set(uids)):
             message = self._by_uid.pop(uid, None)
             if message is None:
                 continue
             paths.append(self.file_path(message))
             del self._by_base[message.base]
-            self._uidlist.records.pop(message.base, None)
+            record = self._uidlist.records.pop(message.base, None)
+            if record is not None:
+                records.append(record)
             self._unmeasured.discard(message.base)
             bases.add(message.base)
             removed.append(uid)
@@ -837,12 +842,12 @@ class Folder:
         self._doomed |= bases
         self._unlinking += 1
         d = self.store.run_in_thread(_unlink_files, paths)
-        d.addBoth(self._unlinked, bases)
+        d.addBoth(self._unlinked, bases, records)
         for uid in removed:
             self.store.bus.publish(Expunged(self.key, uid))
         return removed
 
-    def _unlinked(self, result: object, bases: set[str]) -> None:
+    def _unlinked(self, result: object, bases: set[str], records: list[uidlist.UidRecord]) -> None:
         self._version += 1
         self._unlinking -= 1
         self._doomed -= bases
@@ -851,7 +856,7 @@ class Folder:
             self.scan()  # what is left on disk comes back, under new UIDs
         elif not self.deleted:
             try:
-                uidlist.rewrite(self.path, self._uidlist)
+                uidlist.append(self.path, self._uidlist, [], removed=records)
                 self._dir_stamp = self._stamp()
             except FileNotFoundError:
                 pass  # the folder itself was removed meanwhile
