@@ -30,7 +30,7 @@ from bench.servers import (
     ServerError,
     reset_mailbox,
 )
-from bench.workloads import AIOSMTPD, OURS, PFDC, SCALES, Workload, workloads
+from bench.workloads import AIOSMTPD, OURS, PFDC, SCALES, Scale, Workload, workloads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared", "bench"))
@@ -108,6 +108,11 @@ def run_generator(argv: list[str], timeout: float) -> dict[str, Any]:
     return result
 
 
+def rounds_of(w: Workload, scale: Scale, override: int = 0) -> int:
+    """A workload's rounds: ``--rounds`` if given, else its own or the scale's."""
+    return override or w.rounds or scale.rounds
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -166,8 +171,7 @@ class Bench:
         return result
 
     def rounds_of(self, w: Workload) -> int:
-        """A workload's rounds: ``--rounds`` if given, else its own or the scale's."""
-        return self.args.rounds or w.rounds or self.scale.rounds
+        return rounds_of(w, self.scale, self.args.rounds)
 
     @property
     def total_rounds(self) -> int:

@@ -63,3 +63,16 @@ def test_smtp_path_measures_our_own_work_per_message() -> None:
     found = re.findall(r"^(.+): ([0-9.]+) µs a message", done.stdout, re.MULTILINE)
     assert [mode for mode, _ in found] == ["10 connections", "a connection a message"]
     assert all(float(took) > 0 for _, took in found), done.stdout
+
+
+def test_the_quick_workloads_get_more_rounds_unless_told() -> None:
+    from bench.run import rounds_of
+    from bench.workloads import SCALES, workloads
+
+    full = SCALES["full"]
+    rounds = {w.name: rounds_of(w, full) for w in workloads(full)}
+    assert rounds == {
+        "smtp_c10": 5, "smtp_conn1": 5, "ttv": 3, "imap_10k": 5, "imap_100k": 3,
+        "pop3_10k": 5, "idle_imap": 3, "idle_smtp": 3,
+    }  # fmt: skip
+    assert {rounds_of(w, full, override=2) for w in workloads(full)} == {2}
