@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 FILENAME = "mailserver-uidlist"
@@ -173,7 +174,7 @@ def append(
     uidlist: UidList,
     records: list[UidRecord],
     updated: bool = False,
-    removed: list[UidRecord] | tuple[()] = (),
+    removed: Sequence[UidRecord] = (),
 ) -> None:
     """Add records at the end of the file (the header's N and M are advisory: load() takes
     the maxima). ``updated`` says the records are new versions of listed ones; ``removed``
