@@ -8,6 +8,12 @@ out of ``str.format_map`` and a timestamp kept for the second in about a tenth o
 An event the fast path cannot format (a failure and its traceback, a call or a missing
 key in the format, a flattened event) goes to Twisted's formatter, so a line reads the
 same either way.
+
+The lines of one turn of the reactor are written together at its end (TurnWriter): a
+connection a message logs four lines, and a write(2) each was as much system time again
+as formatting them. What a turn logged is on its way to the file before the reactor
+waits for the next event, and a line logged from a thread, or while the reactor is not
+running, is written at once.
 """
 
 from __future__ import annotations
@@ -15,16 +21,17 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 from twisted.logger import (
-    FileLogObserver,
     ILogObserver,
     LogEvent,
     formatEventAsClassicLogText,
     formatTime,
 )
 from twisted.python.logfile import LogFile
+from twisted.python.threadable import isInIOThread
+from zope.interface import implementer
 
 
 class _Stamps:
@@ -72,6 +79,50 @@ def format_line(event: LogEvent) -> str | None:
     return line.replace("\n", "\n\t") + "\n"
 
 
+@implementer(ILogObserver)
+class TurnWriter:
+    """Writes format_line's lines to a file, those of one turn of the reactor in one write
+    when the turn ends (a ``callLater(0)``), and flushes it then."""
+
+    def __init__(self, out: IO[Any], reactor: Any = None) -> None:
+        self.out = out
+        self._reactor = reactor
+        self._lines: list[str] = []
+        self._hooked = False
+
+    def __call__(self, event: LogEvent) -> None:
+        line = format_line(event)
+        if not line:
+            return
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor as installed
+
+            reactor = self._reactor = installed
+        if not reactor.running or not isInIOThread():
+            self.out.write(line)
+            self.out.flush()
+            return
+        if not self._lines:
+            reactor.callLater(0, self.flush)
+            if not self._hooked:  # the lines of the last turn before the reactor stops
+                self._hooked = True
+                reactor.addSystemEventTrigger("after", "shutdown", self.flush)
+        self._lines.append(line)
+
+    def flush(self) -> None:
+        """Write the lines kept so far."""
+        text = "".join(self._lines)
+        self._lines = []
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except OSError as e:
+            # A full disk: the lines are lost, as Twisted's observer would lose them. Not
+            # logged (that would write to this file again, each turn), said on stderr.
+            print(f"mailserver: cannot write the log: {e}", file=sys.__stderr__)
+
+
 def observer_for(twistd_options: Mapping[str, Any]) -> ILogObserver | None:
     """The observer twistd would make from its options, writing with format_line: to
     stdout when it runs in the foreground without ``--logfile`` (or with ``-``), else to
@@ -83,7 +134,7 @@ def observer_for(twistd_options: Mapping[str, Any]) -> ILogObserver | None:
     if filename == "-" and not twistd_options.get("nodaemon"):
         return None  # twistd refuses: a daemon cannot log to stdout
     if filename == "-" or (not filename and twistd_options.get("nodaemon")):
-        return FileLogObserver(sys.stdout, format_line)
+        return TurnWriter(sys.stdout)
     log_file = LogFile.fromFullPath(filename or "twistd.log")
     if not signal.getsignal(signal.SIGUSR1):
 
@@ -93,4 +144,4 @@ def observer_for(twistd_options: Mapping[str, Any]) -> ILogObserver | None:
             reactor.callFromThread(log_file.rotate)
 
         signal.signal(signal.SIGUSR1, rotate)
-    return FileLogObserver(log_file, format_line)
+    return TurnWriter(log_file)

@@ -4,19 +4,23 @@ observer_for picks the file twistd would, and twistd logs through it."""
 from __future__ import annotations
 
 import gc
+import io
 import signal
+import threading
 import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.application.service import Application
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, LogLevel, formatEventAsClassicLogText
+from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.scripts.twistd import ServerOptions
 
 from mailserver import tap
-from mailserver.textlog import format_line, observer_for
+from mailserver.textlog import TurnWriter, format_line, observer_for
 from tests.e2e.harness import write_config
 
 
@@ -147,4 +151,84 @@ def test_twistd_logs_through_it(tmp_path, capsys) -> None:
     observer = application.getComponent(ILogObserver)
     observer(event(log_format="through {what}", what="ours"))
     assert capsys.readouterr().out.endswith(" [mailserver.smtp.protocol#info] through ours\n")
-    assert observer.formatEvent is format_line
+    assert isinstance(observer, TurnWriter)
+
+
+class CountingFile(io.StringIO):
+    """A file that counts its writes (each one a write(2) on a real file)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def running_reactor() -> MemoryReactorClock:
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    return reactor
+
+
+@pytest.fixture(autouse=True)
+def reactor_thread():
+    """This thread is the reactor's, as a running reactor registers its own."""
+    before = threadable.ioThread
+    threadable.registerAsIOThread()
+    yield
+    threadable.ioThread = before
+
+
+def test_the_lines_of_one_turn_go_out_in_one_write_when_it_ends() -> None:
+    reactor, out = running_reactor(), CountingFile()
+    writer = TurnWriter(out, reactor)
+    for n in range(3):
+        writer(event(log_format="line {n}", n=n))
+    assert out.getvalue() == ""  # not before the turn ends
+    reactor.advance(0)
+    assert out.writes == 1
+    assert [line.split("] ")[1] for line in out.getvalue().splitlines()] == [
+        "line 0",
+        "line 1",
+        "line 2",
+    ]
+    writer(event(log_format="next turn"))
+    reactor.advance(0)
+    assert out.writes == 2 and out.getvalue().endswith("] next turn\n")
+
+
+def test_the_last_turn_is_written_when_the_reactor_stops() -> None:
+    reactor, out = running_reactor(), CountingFile()
+    writer = TurnWriter(out, reactor)
+    writer(event(log_format="last words"))
+    [(trigger, args, kwargs)] = reactor.triggers["after"]["shutdown"]
+    trigger(*args, **kwargs)
+    assert out.getvalue().endswith("] last words\n")
+
+
+def test_a_line_is_written_at_once_off_the_reactor_or_from_a_thread() -> None:
+    out = CountingFile()
+    stopped = MemoryReactorClock()  # running is False: before start-up, after shutdown
+    TurnWriter(out, stopped)(event(log_format="before start"))
+    assert out.getvalue().endswith("] before start\n")
+    writer = TurnWriter(out, running_reactor())
+    thread = threading.Thread(target=writer, args=(event(log_format="from a thread"),))
+    thread.start()
+    thread.join()
+    assert out.getvalue().endswith("] from a thread\n")
+    assert out.writes == 2
+
+
+def test_a_log_that_cannot_be_written_is_said_on_stderr(capfd) -> None:
+    class FullDisk(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+    reactor = running_reactor()
+    writer = TurnWriter(FullDisk(), reactor)
+    writer(event(log_format="lost"))
+    reactor.advance(0)  # raises nothing into the reactor
+    assert "cannot write the log: [Errno 28] No space left on device" in capfd.readouterr().err
+    assert not reactor.getDelayedCalls()
