@@ -180,7 +180,16 @@ def _fail(job: FileJob, error: OSError) -> None:
 class GroupCommitter:
     """Runs commit_batch over whatever jobs are waiting, in up to two threads: while one
     waits for the disk to finish its batch, the other writes the next one, once enough
-    wait for it (PARALLEL_FROM)."""
+    wait for it (PARALLEL_FROM).
+
+    An idle thread is woken when the reactor's turn ends, not at the first job: woken at
+    once, it wants the interpreter lock while the reactor still holds it for the rest of
+    the turn (the other sessions whose data came in with it); woken after it, it finds the
+    turn's jobs waiting together. In three sets of 5-6 interleaved rounds of 3,000 messages
+    (ours alone): 1.08, 0.99 and 1.11 times the messages a second with a connection a
+    message, 1.24, 1.09 and 1.08 with 10 connections, and 1 to 19 % less CPU a message.
+    ``commit`` is called on the reactor thread.
+    """
 
     def __init__(self, reactor: Any = None, threads: int = 2) -> None:
         if reactor is None:
@@ -197,6 +206,7 @@ class GroupCommitter:
         self._closing = False
         self._drained: defer.Deferred[None] | None = None
         self._shutdown_hooked = False
+        self._wake_pending = False  # a call to _wake_idle is scheduled
 
     def commit(self, job: FileJob) -> defer.Deferred[float]:
         """Fires with the file's mtime once it is durable at ``job.final``."""
@@ -208,7 +218,7 @@ class GroupCommitter:
             if self._threads > self._idle and len(self._waiting) < PARALLEL_FROM:
                 pass  # the busy thread takes them with its next batch
             elif self._idle:
-                self._wake.notify()
+                self._wake_at_end_of_turn()
             elif self._threads < self.max_threads:
                 self._threads += 1
                 threading.Thread(target=self._run, name="mailserver-commit", daemon=True).start()
@@ -216,6 +226,19 @@ class GroupCommitter:
             self._shutdown_hooked = True
             self.reactor.addSystemEventTrigger("before", "shutdown", self.close)
         return d
+
+    def _wake_at_end_of_turn(self) -> None:
+        """Have an idle thread take the waiting jobs once this turn of the reactor is over
+        (called with the lock held)."""
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.reactor.callLater(0, self._wake_idle)
+
+    def _wake_idle(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+            if self._waiting and self._idle:
+                self._wake.notify()
 
     def close(self) -> defer.Deferred[None] | None:
         """Take no more jobs; the Deferred fires once those waiting are committed."""

@@ -228,13 +228,19 @@ class FilesystemSyncTests(unittest.TestCase):
 
 
 class _Reactor:
-    """The real reactor's callFromThread; the shutdown hook only noted."""
+    """The real reactor's callFromThread and callLater (counted); the shutdown hook only
+    noted."""
 
     def __init__(self) -> None:
         self.triggers: list[tuple[Any, ...]] = []
+        self.calls_later = 0
 
     def callFromThread(self, f: Any, *args: Any) -> None:
         reactor.callFromThread(f, *args)
+
+    def callLater(self, delay: float, f: Any, *args: Any) -> Any:
+        self.calls_later += 1
+        return reactor.callLater(delay, f, *args)
 
     def addSystemEventTrigger(self, *args: Any) -> None:
         self.triggers.append(args)
@@ -275,6 +281,16 @@ class GroupCommitterTests(unittest.TestCase):
         self.assertEqual(self.batches, [1, 3])
         self.assertTrue(dates[0] < dates[1] == dates[2] == dates[3])
         self.assertEqual([t[:2] for t in self.reactor.triggers], [("before", "shutdown")])
+
+    async def test_the_jobs_of_one_turn_wake_the_idle_thread_once_when_it_ends(self) -> None:
+        await self.committer.commit(self.folders.job())
+        while not self.committer._idle:  # the thread is back waiting for work
+            await _turn()
+        ds = [self.committer.commit(self.folders.job()) for _ in range(3)]
+        self.assertEqual(self.reactor.calls_later, 1)  # one wake-up, after this turn
+        self.assertEqual(self.at_gate, [1])  # not woken yet
+        await defer.gatherResults(ds)
+        self.assertEqual(self.batches, [1, 3])
 
     async def _one_batch_at_the_gate(self, committer: GroupCommitter) -> defer.Deferred[float]:
         self.gate.clear()
