@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -82,12 +83,17 @@ def format_line(event: LogEvent) -> str | None:
 @implementer(ILogObserver)
 class TurnWriter:
     """Writes format_line's lines to a file, those of one turn of the reactor in one write
-    when the turn ends (a ``callLater(0)``), and flushes it then."""
+    when the turn ends (a ``callLater(0)``), and flushes it then.
+
+    A line logged from a thread, or while the reactor is not running, is written at once,
+    after what the turn has kept so far, so that the file keeps the order of the events.
+    The lock keeps a thread's write and the reactor's from interleaving in the file."""
 
     def __init__(self, out: IO[Any], reactor: Any = None) -> None:
         self.out = out
         self._reactor = reactor
         self._lines: list[str] = []
+        self._lock = threading.RLock()  # a write that logs must not wait for itself
         self._hooked = False
 
     def __call__(self, event: LogEvent) -> None:
@@ -99,19 +105,27 @@ class TurnWriter:
             from twisted.internet import reactor as installed
 
             reactor = self._reactor = installed
-        if not reactor.running or not isInIOThread():
-            self.out.write(line)
-            self.out.flush()
-            return
-        if not self._lines:
-            reactor.callLater(0, self.flush)
-            if not self._hooked:  # the lines of the last turn before the reactor stops
-                self._hooked = True
-                reactor.addSystemEventTrigger("after", "shutdown", self.flush)
-        self._lines.append(line)
+        with self._lock:
+            if not reactor.running or not isInIOThread():
+                self._lines.append(line)
+                self._write_kept()
+                return
+            if not self._lines:
+                reactor.callLater(0, self.flush)
+                if not self._hooked:  # the lines of the last turn before the reactor stops
+                    self._hooked = True
+                    reactor.addSystemEventTrigger("after", "shutdown", self.flush)
+            self._lines.append(line)
 
     def flush(self) -> None:
         """Write the lines kept so far."""
+        with self._lock:
+            self._write_kept()
+
+    def _write_kept(self) -> None:
+        """Write and empty the kept lines (with the lock held)."""
+        if not self._lines:
+            return
         text = "".join(self._lines)
         self._lines = []
         try:

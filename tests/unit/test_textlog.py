@@ -221,6 +221,33 @@ def test_a_line_is_written_at_once_off_the_reactor_or_from_a_thread() -> None:
     assert out.writes == 2
 
 
+def test_a_line_from_a_thread_follows_what_the_turn_has_kept() -> None:
+    reactor, out = running_reactor(), CountingFile()
+    writer = TurnWriter(out, reactor)
+    writer(event(log_format="earlier, on the reactor"))
+    thread = threading.Thread(target=writer, args=(event(log_format="later, from a thread"),))
+    thread.start()
+    thread.join()
+    reactor.advance(0)
+    assert [line.split("] ")[1] for line in out.getvalue().splitlines()] == [
+        "earlier, on the reactor",
+        "later, from a thread",
+    ]
+    assert out.writes == 1
+
+
+def test_a_line_from_a_thread_that_cannot_be_written_is_said_on_stderr(capfd) -> None:
+    class FullDisk(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+    writer = TurnWriter(FullDisk(), running_reactor())
+    thread = threading.Thread(target=writer, args=(event(log_format="lost"),))
+    thread.start()
+    thread.join()
+    assert "cannot write the log: [Errno 28] No space left on device" in capfd.readouterr().err
+
+
 def test_a_log_that_cannot_be_written_is_said_on_stderr(capfd) -> None:
     class FullDisk(io.StringIO):
         def write(self, text: str) -> int:
