@@ -166,6 +166,13 @@ class CountingFile(io.StringIO):
         return super().write(text)
 
 
+class FullDisk(io.StringIO):
+    """A file on a disk with no space left."""
+
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+
 def running_reactor() -> MemoryReactorClock:
     reactor = MemoryReactorClock()
     reactor.running = True
@@ -237,10 +244,6 @@ def test_a_line_from_a_thread_follows_what_the_turn_has_kept() -> None:
 
 
 def test_a_line_from_a_thread_that_cannot_be_written_is_said_on_stderr(capfd) -> None:
-    class FullDisk(io.StringIO):
-        def write(self, text: str) -> int:
-            raise OSError(28, "No space left on device")
-
     writer = TurnWriter(FullDisk(), running_reactor())
     thread = threading.Thread(target=writer, args=(event(log_format="lost"),))
     thread.start()
@@ -249,10 +252,6 @@ def test_a_line_from_a_thread_that_cannot_be_written_is_said_on_stderr(capfd) ->
 
 
 def test_a_log_that_cannot_be_written_is_said_on_stderr(capfd) -> None:
-    class FullDisk(io.StringIO):
-        def write(self, text: str) -> int:
-            raise OSError(28, "No space left on device")
-
     reactor = running_reactor()
     writer = TurnWriter(FullDisk(), reactor)
     writer(event(log_format="lost"))
